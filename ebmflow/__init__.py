@@ -1,0 +1,1 @@
+"""ebmflow: Flow++ with energy-based base distributions (RBM-Flow, D-Flow), as a Lightning application."""

@@ -1,0 +1,18 @@
+"""Prior plugins: base densities over z ∈ R^N for the flow (MATH.md §3–§6)."""
+
+from priors.base import DiscretePrior, Prior
+from priors.bernoulli import BernoulliPrior
+from priors.gaussian import GaussianPrior
+from priors.multicov import MultiCovPrior
+from priors.plugins import discover_priors
+from priors.rbm import RBMPrior
+
+__all__ = [
+    "BernoulliPrior",
+    "DiscretePrior",
+    "GaussianPrior",
+    "MultiCovPrior",
+    "Prior",
+    "RBMPrior",
+    "discover_priors",
+]

@@ -1,0 +1,126 @@
+"""The prior plugin contract: a base density over z ∈ R^N for the flow (DESIGN.md, "Contracts").
+
+Public methods validate their inputs once and call a private method that computes; subclasses
+implement the private methods only.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DiscretePrior", "Prior"]
+
+
+class Prior(nn.Module, abc.ABC):
+    """A normalised density over vectors z ∈ R^dim.
+
+    Constructor arguments of subclasses are plain values (ints, floats, strings, bools) so that
+    LightningCLI can build any prior from YAML.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer (the flow's C·H·W), got {dim!r}")
+        self.dim = dim
+        # Gives parameter-free priors a device and dtype that follow ``.to(...)``.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def log_partition_is_exact(self) -> bool:
+        """Whether ``log_prob`` uses an exact normaliser (False: the latest estimate)."""
+        return True
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """z: (batch, dim) -> (batch,) normalised log density."""
+        self._check_z(z)
+        return self._log_prob(z)
+
+    def loss(self, z: Tensor) -> Tensor:
+        """z: (batch, dim) -> scalar whose gradient is (an unbiased estimate of) the gradient of
+        −mean log p(z) with respect to z and the prior's parameters (MATH.md §4)."""
+        self._check_z(z)
+        return self._loss(z)
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        """-> (n, dim) samples on the prior's device, in its dtype."""
+        _check_count(n)
+        _check_temperature(temperature)
+        return self._sample(n, temperature)
+
+    @abc.abstractmethod
+    def _log_prob(self, z: Tensor) -> Tensor: ...
+
+    def _loss(self, z: Tensor) -> Tensor:
+        return -self._log_prob(z).mean()
+
+    @abc.abstractmethod
+    def _sample(self, n: int, temperature: float) -> Tensor: ...
+
+    def _check_z(self, z: Tensor, name: str = "z") -> None:
+        if not isinstance(z, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} has dim={self.dim}; {name} must have shape (batch, {self.dim}), "
+                f"got {tuple(z.shape)} (flatten images to (batch, C·H·W), or set the prior's dim)"
+            )
+        if z.device != self._anchor.device:
+            raise ValueError(
+                f"{name} is on {z.device} but {type(self).__name__} is on {self._anchor.device}; "
+                "move the prior with .to(device)"
+            )
+
+
+class DiscretePrior(Prior):
+    """A prior with discrete latent spins s ∈ {−1, +1}^dim and an exact posterior p(s | z)."""
+
+    def sample_discrete(self, n: int) -> Tensor:
+        """-> (n, dim) spins in {−1, +1} drawn from p(s)."""
+        _check_count(n)
+        return self._sample_discrete(n)
+
+    def sample_given(self, s: Tensor, temperature: float = 1.0) -> Tensor:
+        """s: (n, dim) spins -> (n, dim) draws of z ~ p(z | s)."""
+        self._check_z(s, "s")
+        if not bool(((s == 1) | (s == -1)).all()):
+            raise ValueError("s must hold spins: every entry -1 or +1")
+        _check_temperature(temperature)
+        return self._sample_given(s, temperature)
+
+    def posterior(self, z: Tensor) -> Tensor:
+        """z: (batch, dim) -> (batch, dim) exact p(s_i = +1 | z)."""
+        self._check_z(z)
+        return self._posterior(z)
+
+    def estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]:
+        """Estimate log Z_s of p(s); returns (value, standard error) and keeps the value for log_prob."""
+        with torch.no_grad():
+            return self._estimate_log_partition(**kwargs)
+
+    @abc.abstractmethod
+    def _sample_discrete(self, n: int) -> Tensor: ...
+
+    @abc.abstractmethod
+    def _sample_given(self, s: Tensor, temperature: float) -> Tensor: ...
+
+    @abc.abstractmethod
+    def _posterior(self, z: Tensor) -> Tensor: ...
+
+    @abc.abstractmethod
+    def _estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]: ...
+
+
+def _check_count(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
