@@ -9,7 +9,7 @@ from flows.flowpp import FlowPlusPlus, count_parameters
 from flows.invconv import InvertibleConv1x1
 from flows.logistic import MixLogCDF
 from flows.logit import Logit
-from flows.squeeze import Squeeze, Unsqueeze
+from flows.squeeze import Squeeze
 
 __all__ = [
     "ActNorm",
@@ -24,7 +24,6 @@ __all__ = [
     "MixLogCDF",
     "Squeeze",
     "UniformDequantizer",
-    "Unsqueeze",
     "VariationalDequantizer",
     "count_parameters",
 ]

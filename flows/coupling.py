@@ -16,11 +16,16 @@ SPLITS = ("checkerboard", "channel")
 
 
 class Coupling(Bijection):
-    """A coupling on (batch, C, H, W) tensors.
+    """A coupling on (batch, C, H, W) tensors: one half of the input conditions an elementwise
+    transform of the other half.
 
-    ``split="checkerboard"``: pixels with ``(i + j) % 2 == parity`` condition the others (all channels).
-    ``split="channel"``: channels ``[:C/2]`` condition ``[C/2:]`` (swapped when ``parity == 1``).
-    ``context`` (batch, context_channels, H, W), when given, is concatenated to the conditioner input.
+    ``split="checkerboard"``: the pixels with ``i + j`` even and those with ``i + j`` odd, each
+    gathered into a (batch, C, H, W/2) tensor, so the conditioner works on the half it sees and
+    nothing is computed for the half it does not (Flow++'s checkerboard split).
+    ``split="channel"``: channels ``[:C/2]`` and ``[C/2:]``.
+    ``parity`` 0 lets the first half condition the second, 1 the reverse.
+    ``context`` (batch, context_channels, H, W), when given, is split like the input and its matching
+    half concatenated to the conditioner input.
     """
 
     def __init__(
@@ -39,19 +44,21 @@ class Coupling(Bijection):
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if parity not in (0, 1):
+            raise ValueError(f"parity must be 0 or 1, got {parity!r}")
         channels, height, width = in_shape
         if split == "channel" and channels < 2:
             raise ValueError(f"a channel split needs at least 2 channels, got in_shape={in_shape}")
+        if split == "checkerboard" and width % 2:
+            raise ValueError(f"a checkerboard split needs an even width, got in_shape={in_shape}")
         self.split = split
         self.parity = parity
         self.transform = transform
         if split == "checkerboard":
-            ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
-            self.register_buffer("mask", ((ij % 2) == parity).float()[None, None], persistent=False)
-            cond_channels, out_channels = channels, channels
+            cond_channels = out_channels = channels
+            self.register_buffer("even_rows", (torch.arange(height) % 2 == 0)[:, None], persistent=False)
         else:
-            self.cut = channels // 2
-            cond_channels, out_channels = self.cut, channels - self.cut
+            cond_channels, out_channels = channels // 2, channels - channels // 2
             if parity == 1:
                 cond_channels, out_channels = out_channels, cond_channels
         self.net = ConditionerNet(
@@ -64,34 +71,38 @@ class Coupling(Bijection):
             heads=heads,
         )
 
+    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.split == "checkerboard":
+            b, c, h, w = x.shape
+            pairs = x.reshape(b, c, h, w // 2, 2)
+            first = torch.where(self.even_rows, pairs[..., 0], pairs[..., 1])
+            second = torch.where(self.even_rows, pairs[..., 1], pairs[..., 0])
+        else:
+            cut = x.shape[1] // 2
+            first, second = x[:, :cut], x[:, cut:]
+        return (first, second) if self.parity == 0 else (second, first)
+
+    def _join(self, cond: Tensor, out: Tensor) -> Tensor:
+        first, second = (cond, out) if self.parity == 0 else (out, cond)
+        if self.split == "checkerboard":
+            b, c, h, half = first.shape
+            left = torch.where(self.even_rows, first, second)
+            right = torch.where(self.even_rows, second, first)
+            return torch.stack([left, right], dim=-1).reshape(b, c, h, 2 * half)
+        return torch.cat([first, second], dim=1)
+
     def _params(self, cond: Tensor, context: Tensor | None) -> Tensor:
         if context is not None:
-            cond = torch.cat([cond, context.to(cond.dtype)], dim=1)
+            cond = torch.cat([cond, self._halves(context.to(cond.dtype))[0]], dim=1)
         params = self.net(cond)
         b, _, h, w = params.shape
         return params.reshape(b, -1, self.transform.params_per_element, h, w)
 
-    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        first, second = x[:, : self.cut], x[:, self.cut :]
-        return (first, second) if self.parity == 0 else (second, first)
-
-    def _join(self, cond: Tensor, out: Tensor) -> Tensor:
-        return torch.cat([cond, out] if self.parity == 0 else [out, cond], dim=1)
-
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.split == "checkerboard":
-            mask = self.mask.to(x.dtype)
-            y, ld = self.transform(x, self._params(x * mask, context))
-            y = torch.where(mask.bool(), x, y)
-            return y, (ld * (1 - mask)).flatten(1).sum(1)
         cond, x2 = self._halves(x)
         y2, ld = self.transform(x2, self._params(cond, context))
         return self._join(cond, y2), ld.flatten(1).sum(1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        if self.split == "checkerboard":
-            mask = self.mask.to(y.dtype)
-            x = self.transform.inverse(y, self._params(y * mask, context))
-            return torch.where(mask.bool(), y, x)
         cond, y2 = self._halves(y)
         return self._join(cond, self.transform.inverse(y2, self._params(cond, context)))

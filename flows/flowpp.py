@@ -10,18 +10,18 @@ from flows.coupling import Coupling
 from flows.invconv import InvertibleConv1x1
 from flows.logistic import MixLogCDF
 from flows.logit import Logit
-from flows.squeeze import Squeeze, Unsqueeze
+from flows.squeeze import Squeeze
 
 __all__ = ["FlowPlusPlus", "count_parameters"]
 
 
 class FlowPlusPlus(Compose):
-    """y ∈ (0, 1)^(C,H,W) → z ∈ R^(C,H,W), the same shape.
+    """y ∈ (0, 1)^(C,H,W) → z ∈ R^(4C,H/2,W/2), the same number of dimensions.
 
     Logit preprocessing, then ``checkerboard[0]`` checkerboard couplings at full resolution, a squeeze,
-    ``channel`` channel-wise couplings on (4C, H/2, W/2), an unsqueeze and ``checkerboard[1]`` more
-    checkerboard couplings (the official CIFAR-10 layout is 4, 2, 3). Every coupling is preceded by
-    ActNorm and an invertible 1x1 convolution, and parities alternate.
+    ``channel`` channel-wise couplings and ``checkerboard[1]`` more checkerboard couplings on
+    (4C, H/2, W/2) (the official CIFAR-10 layout is 4, 2, 3, and keeps all channels: no factor-out).
+    Every coupling is preceded by ActNorm and an invertible 1x1 convolution; parities alternate.
 
     Args:
         in_shape: (C, H, W) of the data; H and W must be even.
@@ -72,15 +72,14 @@ class FlowPlusPlus(Compose):
         layers: list[Bijection] = [Logit(logit_alpha)]
         for i in range(checkerboard[0]):
             layers += step(in_shape, "checkerboard", i % 2)
-        if channel:
-            layers.append(Squeeze())
-            for i in range(channel):
-                layers += step(squeezed, "channel", i % 2)
-            layers.append(Unsqueeze())
+        layers.append(Squeeze())
+        for i in range(channel):
+            layers += step(squeezed, "channel", i % 2)
         for i in range(checkerboard[1]):
-            layers += step(in_shape, "checkerboard", i % 2)
+            layers += step(squeezed, "checkerboard", i % 2)
         super().__init__(layers)
         self.in_shape = in_shape
+        self.out_shape = squeezed
 
     @property
     def num_parameters(self) -> int:

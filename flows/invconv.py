@@ -37,11 +37,12 @@ class InvertibleConv1x1(Bijection):
         return self.perm @ lower @ upper
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w = self.weight().to(x.dtype)
-        y = F.conv2d(x, w[:, :, None, None])
+        with torch.autocast(x.device.type, enabled=False):  # the data path stays in x's precision
+            y = F.conv2d(x, self.weight().to(x.dtype)[:, :, None, None])
         logdet = self.log_s.sum().to(x.dtype) * (x.shape[2] * x.shape[3])
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        w_inv = torch.linalg.inv(self.weight().to(torch.float64)).to(y.dtype)
-        return F.conv2d(y, w_inv[:, :, None, None])
+        with torch.autocast(y.device.type, enabled=False):
+            w_inv = torch.linalg.inv(self.weight().to(torch.float64)).to(y.dtype)
+            return F.conv2d(y, w_inv[:, :, None, None])

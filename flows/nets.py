@@ -23,8 +23,33 @@ def wn_conv(in_channels: int, out_channels: int, kernel_size: int, init_scale: f
     return weight_norm(conv)
 
 
+class _ConcatELU(torch.autograd.Function):
+    """elu(cat(x, −x)) along channels. With e = exp(−|x|) − 1, elu(x) = max(x, e) and
+    elu(−x) = max(−x, e) (since exp(x) ≥ 1 + x): one exp per input element, and no expm1, which is
+    not vectorised on CPU (F.elu is about ten times slower here). The backward pass needs only the
+    output: d elu(y)/dy = min(out, 0) + 1."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        e = torch.exp(-x.abs()).sub_(1)
+        out = x.new_empty(b, 2 * c, h, w)
+        torch.maximum(x, e, out=out[:, :c])
+        torch.maximum(x.neg(), e, out=out[:, c:])
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        grad_y = out.clamp_max(0).add_(1).mul_(grad)
+        positive, negative = grad_y.chunk(2, dim=1)
+        return positive.sub_(negative)
+
+
 def concat_elu(x: Tensor) -> Tensor:
-    return F.elu(torch.cat([x, -x], dim=1))
+    """Concatenated ELU (Shang et al. 2016): (batch, C, H, W) -> (batch, 2C, H, W)."""
+    return _ConcatELU.apply(x)
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -35,12 +60,16 @@ class ChannelNorm(nn.LayerNorm):
 
 
 class GatedResidualBlock(nn.Module):
-    """``x + a · σ(b)``, ``(a, b) = conv1x1(dropout(celu(conv3x3(celu(x)))))``, then layer norm."""
+    """``x + a · σ(b)``, ``(a, b) = conv1x1(dropout(celu(conv3x3(celu(x)))))``, then layer norm.
+
+    Dropout drops whole channels (``nn.Dropout2d``, as in the public PyTorch Flow++ port): an
+    element-wise mask costs about an eighth of a CPU training step in random number generation.
+    """
 
     def __init__(self, filters: int, dropout: float) -> None:
         super().__init__()
         self.conv = wn_conv(2 * filters, filters, 3)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout2d(dropout)
         self.gate = wn_conv(2 * filters, 2 * filters, 1, init_scale=0.1)
         self.norm = ChannelNorm(filters)
 

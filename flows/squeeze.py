@@ -1,4 +1,4 @@
-"""Space-to-depth reshaping (RealNVP's squeeze) and its inverse, as volume-preserving bijections."""
+"""Space-to-depth reshaping (RealNVP's squeeze) as a volume-preserving bijection."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from torch import Tensor
 
 from flows.base import Bijection
 
-__all__ = ["Squeeze", "Unsqueeze"]
+__all__ = ["Squeeze"]
 
 
 def _squeeze(x: Tensor) -> Tensor:
@@ -29,13 +29,3 @@ class Squeeze(Bijection):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         return _unsqueeze(y)
-
-
-class Unsqueeze(Bijection):
-    """The inverse of :class:`Squeeze`: (batch, 4C, H, W) -> (batch, C, 2H, 2W)."""
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return _unsqueeze(x), x.new_zeros(x.shape[0])
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        return _squeeze(y)

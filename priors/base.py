@@ -37,19 +37,22 @@ class Prior(nn.Module, abc.ABC):
     def log_prob(self, z: Tensor) -> Tensor:
         """z: (batch, dim) -> (batch,) normalised log density."""
         self._check_z(z)
-        return self._log_prob(z)
+        with _exact_precision(z):
+            return self._log_prob(z)
 
     def loss(self, z: Tensor) -> Tensor:
         """z: (batch, dim) -> scalar whose gradient is (an unbiased estimate of) the gradient of
         −mean log p(z) with respect to z and the prior's parameters (MATH.md §4)."""
         self._check_z(z)
-        return self._loss(z)
+        with _exact_precision(z):
+            return self._loss(z)
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """-> (n, dim) samples on the prior's device, in its dtype."""
         _check_count(n)
         _check_temperature(temperature)
-        return self._sample(n, temperature)
+        with _exact_precision(self._anchor):
+            return self._sample(n, temperature)
 
     @abc.abstractmethod
     def _log_prob(self, z: Tensor) -> Tensor: ...
@@ -83,7 +86,8 @@ class DiscretePrior(Prior):
     def sample_discrete(self, n: int) -> Tensor:
         """-> (n, dim) spins in {−1, +1} drawn from p(s)."""
         _check_count(n)
-        return self._sample_discrete(n)
+        with _exact_precision(self._anchor):
+            return self._sample_discrete(n)
 
     def sample_given(self, s: Tensor, temperature: float = 1.0) -> Tensor:
         """s: (n, dim) spins -> (n, dim) draws of z ~ p(z | s)."""
@@ -91,16 +95,18 @@ class DiscretePrior(Prior):
         if not bool(((s == 1) | (s == -1)).all()):
             raise ValueError("s must hold spins: every entry -1 or +1")
         _check_temperature(temperature)
-        return self._sample_given(s, temperature)
+        with _exact_precision(s):
+            return self._sample_given(s, temperature)
 
     def posterior(self, z: Tensor) -> Tensor:
         """z: (batch, dim) -> (batch, dim) exact p(s_i = +1 | z)."""
         self._check_z(z)
-        return self._posterior(z)
+        with _exact_precision(z):
+            return self._posterior(z)
 
     def estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]:
         """Estimate log Z_s of p(s); returns (value, standard error) and keeps the value for log_prob."""
-        with torch.no_grad():
+        with torch.no_grad(), _exact_precision(self._anchor):
             return self._estimate_log_partition(**kwargs)
 
     @abc.abstractmethod
@@ -114,6 +120,12 @@ class DiscretePrior(Prior):
 
     @abc.abstractmethod
     def _estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]: ...
+
+
+def _exact_precision(like: Tensor) -> torch.autocast:
+    """Densities, gradients and samplers run in the input's precision even inside a mixed-precision
+    (autocast) region."""
+    return torch.autocast(like.device.type, enabled=False)
 
 
 def _check_count(n: int) -> None:

@@ -18,7 +18,6 @@ from flows import (
     Logit,
     MixLogCDF,
     Squeeze,
-    Unsqueeze,
     VariationalDequantizer,
 )
 
@@ -48,7 +47,6 @@ CASES: dict[str, Callable[[], Case]] = {
     "actnorm": lambda: (ActNorm(SHAPE[0]), gaussian, None),
     "invconv": lambda: (InvertibleConv1x1(SHAPE[0]), gaussian, None),
     "squeeze": lambda: (Squeeze(), gaussian, None),
-    "unsqueeze": lambda: (Unsqueeze(), lambda n: torch.randn(n, 8, 2, 2), None),
     "mixlog-checkerboard-0": lambda: (coupling("checkerboard", 0, MixLogCDF(4)), gaussian, None),
     "mixlog-checkerboard-1": lambda: (coupling("checkerboard", 1, MixLogCDF(4)), gaussian, None),
     "mixlog-channel-0": lambda: (coupling("channel", 0, MixLogCDF(4)), gaussian, None),

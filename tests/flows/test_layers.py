@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flows import ActNorm, FlowPlusPlus, UniformDequantizer, VariationalDequantizer, count_parameters
+from flows.nets import concat_elu
 
 
 def test_actnorm_initialises_once_from_data() -> None:
@@ -74,5 +75,27 @@ def test_parameter_count_at_the_papers_size() -> None:
     def step(c: int, cin: int, cout: int) -> int:
         return 2 * c + (2 * c * c + c) + conditioner(cin, cout * (3 * k + 2))
 
-    expected = 7 * step(3, 3, 3) + 2 * step(12, 6, 6)
+    expected = 4 * step(3, 3, 3) + 2 * step(12, 6, 6) + 3 * step(12, 12, 12)
     assert flow.num_parameters == expected == count_parameters(flow)
+
+
+def test_concat_elu_matches_its_definition_and_gradient() -> None:
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.elu(torch.cat([x, -x], dim=1))
+    assert torch.allclose(concat_elu(x), expected, atol=1e-15)
+    assert torch.autograd.gradcheck(concat_elu, (x,))
+
+
+def test_mixed_precision_keeps_the_data_path_in_float32() -> None:
+    """Under bf16 autocast only the conditioner networks run in bf16: z and the log-determinant stay
+    float32, and the flow still inverts to float32 accuracy."""
+    flow = FlowPlusPlus((3, 8, 8), filters=16, components=4, blocks=1)
+    y = torch.rand(4, 3, 8, 8) * 0.98 + 0.01
+    flow.train()
+    flow(y)
+    flow.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = flow(y)
+        y_back = flow.inverse(z)
+    assert z.dtype == torch.float32 and logdet.dtype == torch.float32
+    assert (y_back - y).abs().max() < 1e-4

@@ -87,3 +87,12 @@ def test_bad_inputs_fail_with_clear_messages(prior: Prior) -> None:
 def test_non_positive_delta_is_refused(cls: type) -> None:
     with pytest.raises(ValueError, match="delta"):
         cls(4, delta=0.0)
+
+
+def test_autocast_does_not_reach_the_prior(prior: Prior) -> None:
+    prior.eval()
+    z = torch.randn(5, DIM)
+    expected = prior.log_prob(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(prior.log_prob(z), expected)
+        assert prior.sample(3).dtype == torch.float32
