@@ -7,6 +7,7 @@ re-initialise the scale and shift from its first batch.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from flows.base import Bijection
@@ -18,7 +19,7 @@ class ActNorm(Bijection):
     """Per-channel affine map ``y = (x + loc) * exp(log_scale)`` on (batch, C, H, W) tensors.
 
     On its first forward pass in training mode the parameters are set so that the batch has zero mean
-    and unit variance per channel.
+    and unit variance per channel (the moments are averaged over ranks in a process group).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -30,8 +31,13 @@ class ActNorm(Bijection):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, correction=0)
+        moments = torch.stack([x.mean(dim=(0, 2, 3)), x.square().mean(dim=(0, 2, 3))])
+        if dist.is_available() and dist.is_initialized():
+            # Under data parallelism every rank must start from the same parameters.
+            dist.all_reduce(moments)
+            moments /= dist.get_world_size()
+        mean = moments[0].reshape(1, -1, 1, 1)
+        std = (moments[1].reshape(1, -1, 1, 1) - mean.square()).clamp_min(0).sqrt()
         self.loc.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)

@@ -18,7 +18,6 @@ bracket and keeps halving the residual, and a bisection step otherwise.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from flows.transform import ElementwiseTransform
@@ -28,13 +27,19 @@ __all__ = ["MixLogCDF", "mixture_logit_cdf", "mixture_logit_cdf_inverse"]
 _MIN_LOG_SCALE = -7.0
 
 
+def _log_sigmoid(z: Tensor) -> Tensor:
+    """log σ(z) = min(z, 0) − log(1 + e^{−|z|}); same value as F.logsigmoid to rounding, but built
+    from exp and log, which are vectorised on CPU (log1p is not: F.logsigmoid is ~5x slower here)."""
+    return z.clamp_max(0) - torch.log(1 + torch.exp(-z.abs()))
+
+
 def mixture_logit_cdf(x: Tensor, log_pi: Tensor, mu: Tensor, log_s: Tensor) -> tuple[Tensor, Tensor]:
     """``logit(c(x))`` and ``log d logit(c(x))/dx`` for a mixture of K logistics.
 
     x: (B, C, 1, H, W); log_pi, mu, log_s: (B, C, K, H, W) -> two tensors of shape (B, C, H, W).
     """
     z = (x - mu) * torch.exp(-log_s)
-    log_sig = F.logsigmoid(z)
+    log_sig = _log_sigmoid(z)
     log_sig_neg = log_sig - z
     log_c = torch.logsumexp(log_pi + log_sig, dim=2)
     log_1mc = torch.logsumexp(log_pi + log_sig_neg, dim=2)

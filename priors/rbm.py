@@ -10,7 +10,7 @@ from torch import Tensor
 from priors.ais import ais_log_partition, exact_log_partition
 from priors.precision import CouplingMatrix, SmoothedPrecision, visible_units
 from priors.smoothed import SmoothedSpinPrior
-from priors.spins import log_2cosh, sample_spins
+from priors.spins import LOG_2PI, log_2cosh, sample_spins
 
 __all__ = ["RBMPrior"]
 
@@ -22,7 +22,8 @@ class RBMPrior(SmoothedSpinPrior):
     persistent visible states, kept in a buffer (saved in checkpoints), advanced by ``gibbs_steps``
     block-Gibbs sweeps per call in training mode. The model term of the loss is Rao-Blackwellised:
     the hidden units are summed out, which has the same expectation as MATH.md §4's
-    s_vᵀW s_h + hᵀs and a lower variance.
+    s_vᵀW s_h + hᵀs and a lower variance. The loss's value is −mean log p(z) with the latest log Z_s
+    estimate; its gradient is the PCD estimate.
 
     ``log_prob`` normalises with log Z_s computed exactly when the smaller layer has at most
     ``exact_max_units`` units (then ``log_partition_is_exact`` is True); otherwise with the latest
@@ -100,11 +101,16 @@ class RBMPrior(SmoothedSpinPrior):
                 self.chains.copy_(self._gibbs(self.chains, precision.weight.detach(), self.gibbs_steps))
         bias_v, bias_h = self._biases()
         s_v = self.chains.to(z.dtype)
-        neg_free_energy = s_v @ bias_v + log_2cosh(s_v @ precision.weight + bias_h).sum(1)
-        loss = self.energy(z, precision).mean() + neg_free_energy.mean() - 0.5 * precision.logdet()
+        model_term = (s_v @ bias_v + log_2cosh(s_v @ precision.weight + bias_h).sum(1)).mean()
+        loss = self.energy(z, precision).mean() + model_term - 0.5 * precision.logdet()
         if self.learn_delta:
             loss = loss + 0.5 * self.dim * precision.delta
-        return loss
+        # A constant offset makes the value −mean log p(z) with the latest log Z_s estimate (MATH.md §4)
+        # and leaves the gradient PCD's.
+        offset = self.log_z_estimate - model_term + 0.5 * self.dim * LOG_2PI
+        if not self.learn_delta:
+            offset = offset + 0.5 * self.dim * precision.delta
+        return loss + offset.detach()
 
     def _sample_discrete(self, n: int) -> Tensor:
         with torch.no_grad():
@@ -127,7 +133,6 @@ class RBMPrior(SmoothedSpinPrior):
             steps = steps or self.ais_steps
             betas = torch.linspace(0, 1, steps + 1, dtype=weight.dtype, device=weight.device)
             value, stderr = ais_log_partition(weight, *self._biases(), betas, chains or self.ais_chains)
-        if not torch.is_inference_mode_enabled():
-            self.log_z_estimate.copy_(value)
-            self.log_z_stderr.copy_(stderr)
+        self.log_z_estimate.copy_(value)
+        self.log_z_stderr.copy_(stderr)
         return value, stderr

@@ -117,3 +117,14 @@ def test_positive_definite_under_adversarial_sgd(make) -> None:
         assert eigenvalues.min() > 0, step
         assert torch.isfinite(prior.log_prob(z)).all() and torch.isfinite(prior.loss(z))
     assert max(p.abs().max() for p in prior.parameters()) > 100
+
+
+def test_rbm_loss_value_is_the_nll_with_the_latest_estimate() -> None:
+    prior = RBMPrior(8, n_visible=4, gibbs_steps=5, num_chains=32).double()
+    with torch.no_grad():
+        prior.coupling.raw_weight.normal_(0, 0.5)
+        prior.bias.normal_(0, 0.5)
+    prior.coupling.eval()  # freeze the power iteration so both calls see the same W
+    prior.estimate_log_partition(method="exact")
+    z = torch.randn(6, 8, dtype=torch.float64)
+    assert prior.loss(z).item() == pytest.approx(-prior.log_prob(z).mean().item(), abs=1e-10)

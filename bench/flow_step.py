@@ -1,0 +1,288 @@
+"""Flow++ speed on the CPU, as ratios measured in one run (issue: "Speed").
+
+    python -m bench.flow_step [--port PATH] [--repeats N] [--train-steps N]
+
+1. A training step at the paper's size (filters 96, 32 components, 10 blocks, no attention, batch 20,
+   3x32x32, variational dequantizer with 2 blocks as in the public port): GFLOP by
+   torch.utils.flop_counter, GFLOP/s in fp32 and bf16-mixed, beside a plain 3x3 convolution of the
+   conditioner's size and, with ``--port``, the public PyTorch port (github.com/chrischute/flowplusplus,
+   a local checkout; its code is not part of this project) measured in the same run.
+2. Sampling 20 images against one fp32 training step.
+3. A short training run of a small flow on real CIFAR-10 (../shared/data) in fp32 and in bf16-mixed from
+   the same initialisation and batches: test bits/dim of both.
+4. The MixLogCDF inverse on the values the trained model's couplings see while sampling: mixture-CDF
+   evaluations of safeguarded Newton against bisection at equal accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import math
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import flows.logistic
+from bench.common import count_flops, describe_machine, interleaved, save
+from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def paper_step(bf16: bool):
+    torch.manual_seed(0)
+    flow = FlowPlusPlus((3, 32, 32), filters=96, components=32, blocks=10, dropout=0.2).train()
+    deq = VariationalDequantizer((3, 32, 32), filters=96, blocks=2).train()
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y, log_q = deq(images)
+            z, logdet = flow(y)
+            loss = (0.5 * z.square().flatten(1).sum(1) - logdet + log_q).mean()
+        loss.backward()
+
+    return flow, step
+
+
+def conv_case(bf16: bool, backward: bool):
+    conv = torch.nn.Conv2d(192, 96, 3, padding=1)
+    x = torch.randn(20, 192, 32, 16, requires_grad=backward)
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = conv(x)
+        if backward:
+            out.float().sum().backward()
+
+    return run
+
+
+def port_cases(path: str):
+    sys.path.insert(0, path)
+    from models import FlowPlusPlus as PortFlow  # the port's own package, found through --port
+
+    torch.manual_seed(0)
+    model = PortFlow(mid_channels=96, num_blocks=10, num_components=32, use_attn=False, drop_prob=0.2)
+    images = torch.randint(0, 256, (20, 3, 32, 32)).float() / 255
+
+    def step() -> None:
+        model.train()
+        z, sldj = model(images)
+        (0.5 * z.square().flatten(1).sum(1) - sldj).mean().backward()
+
+    def sample() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(torch.randn(20, 3, 32, 32), reverse=True)
+
+    return step, sample
+
+
+def speed(args) -> dict:
+    flow, fp32_step = paper_step(bf16=False)
+    _, bf16_step = paper_step(bf16=True)
+    flow.eval()
+
+    def sample() -> None:
+        with torch.no_grad():
+            flow.inverse(torch.randn(20, *flow.out_shape))
+
+    cases = {
+        "ours fp32 step": fp32_step,
+        "ours bf16-mixed step": bf16_step,
+        "ours sample 20": sample,
+        "conv fp32 fwd+bwd": conv_case(False, True),
+        "conv fp32 fwd": conv_case(False, False),
+        "conv bf16 fwd+bwd": conv_case(True, True),
+        "conv bf16 fwd": conv_case(True, False),
+    }
+    if args.port:
+        cases["port fp32 step"], cases["port sample 20"] = port_cases(args.port)
+    flow.train()
+    flops = {
+        "ours step": count_flops(fp32_step),
+        "conv fwd+bwd": count_flops(conv_case(False, True)),
+        "conv fwd": count_flops(conv_case(False, False)),
+    }
+    if args.port:
+        flops["port step"] = count_flops(cases["port fp32 step"])
+    flow.eval()
+    seconds = interleaved(cases, args.repeats)
+    gflops = {
+        "ours fp32 step": flops["ours step"] / seconds["ours fp32 step"] / 1e9,
+        "ours bf16-mixed step": flops["ours step"] / seconds["ours bf16-mixed step"] / 1e9,
+        "conv fp32 fwd+bwd": flops["conv fwd+bwd"] / seconds["conv fp32 fwd+bwd"] / 1e9,
+        "conv fp32 fwd": flops["conv fwd"] / seconds["conv fp32 fwd"] / 1e9,
+        "conv bf16 fwd+bwd": flops["conv fwd+bwd"] / seconds["conv bf16 fwd+bwd"] / 1e9,
+        "conv bf16 fwd": flops["conv fwd"] / seconds["conv bf16 fwd"] / 1e9,
+    }
+    ratios = {
+        "ours fp32 GFLOP/s / conv fp32 fwd+bwd GFLOP/s": gflops["ours fp32 step"]
+        / gflops["conv fp32 fwd+bwd"],
+        "bf16-mixed speed-up over fp32 step": seconds["ours fp32 step"] / seconds["ours bf16-mixed step"],
+        "sample 20 / fp32 step": seconds["ours sample 20"] / seconds["ours fp32 step"],
+    }
+    if args.port:
+        gflops["port fp32 step"] = flops["port step"] / seconds["port fp32 step"] / 1e9
+        ratios["ours fp32 GFLOP/s / port GFLOP/s"] = gflops["ours fp32 step"] / gflops["port fp32 step"]
+        ratios["ours fp32 step time / port step time"] = seconds["ours fp32 step"] / seconds["port fp32 step"]
+        ratios["ours sample / port sample"] = seconds["ours sample 20"] / seconds["port sample 20"]
+        ratios["port sample 20 / port step"] = seconds["port sample 20"] / seconds["port fp32 step"]
+    return {
+        "seconds": seconds,
+        "GFLOP": {k: v / 1e9 for k, v in flops.items()},
+        "GFLOP/s": gflops,
+        "ratios": ratios,
+    }
+
+
+def cifar_subset(n_train: int, n_test: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random class-balanced-in-expectation subset of the JPEG CIFAR-10 archive, read in one pass."""
+    with tarfile.open(SHARED_CIFAR) as archive:
+        names = [m.name for m in archive.getmembers() if m.name.endswith(".jpg")]
+    rng = np.random.default_rng(seed)
+    wanted = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        pool = sorted(name for name in names if f"/{split}/" in name)
+        for name in rng.choice(pool, size=n, replace=False):
+            wanted[str(name)] = split
+    images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    with tarfile.open(SHARED_CIFAR) as archive:
+        for member in archive:
+            if member.name in wanted:
+                data = archive.extractfile(member).read()
+                images[wanted[member.name]].append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return tuple(
+        torch.from_numpy(np.stack(images[s])).permute(0, 3, 1, 2).contiguous() for s in ("train", "test")
+    )
+
+
+def bits_per_dim(flow: FlowPlusPlus, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Uniform-dequantization bound with a N(0, I) prior, (batch,)."""
+    dims = images[0].numel()
+    y, _ = UniformDequantizer()(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        z, logdet = flow(y)
+    log_p = -0.5 * (z.square().flatten(1).sum(1) + dims * math.log(2 * math.pi)) + logdet
+    return (-log_p + dims * math.log(256)) / (dims * math.log(2))
+
+
+def short_training(args) -> tuple[dict, FlowPlusPlus]:
+    train, test = cifar_subset(args.train_images, args.test_images)
+    torch.manual_seed(0)
+    init = FlowPlusPlus((3, 32, 32), filters=32, components=8, blocks=2, dropout=0.0)
+    init.train()
+    init(UniformDequantizer()(train[:256])[0])  # ActNorm's data-dependent initialisation
+    results, models = {}, {}
+    # The control repeats the fp32 run with other dequantization noise: the spread between two fp32
+    # runs is the yardstick for the bf16 difference.
+    runs = (("fp32", False, 2), ("bf16-mixed", True, 2), ("fp32 control (other noise seed)", False, 5))
+    for name, bf16, noise_seed in runs:
+        flow = copy.deepcopy(init).train()
+        optimiser = torch.optim.Adam(flow.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(1)
+        torch.manual_seed(noise_seed)
+        for _ in range(args.train_steps):
+            batch = train[torch.randint(0, len(train), (20,), generator=generator)]
+            optimiser.zero_grad()
+            bits_per_dim(flow, batch, bf16).mean().backward()
+            optimiser.step()
+        flow.eval()
+        with torch.no_grad():
+            torch.manual_seed(3)
+            fp32_eval = torch.cat([bits_per_dim(flow, b, False) for b in test.split(100)]).mean().item()
+            torch.manual_seed(3)
+            own_eval = torch.cat([bits_per_dim(flow, b, bf16) for b in test.split(100)]).mean().item()
+        results[name] = {
+            "test bits/dim (fp32 evaluation)": fp32_eval,
+            "test bits/dim (own precision)": own_eval,
+        }
+        models[name] = flow
+    key = "test bits/dim (fp32 evaluation)"
+    results["difference bf16 - fp32"] = results["bf16-mixed"][key] - results["fp32"][key]
+    results["difference fp32 control - fp32"] = (
+        results["fp32 control (other noise seed)"][key] - results["fp32"][key]
+    )
+    return results, models["fp32"]
+
+
+def inverse_accuracy(flow: FlowPlusPlus) -> dict:
+    """Capture the inverse problems the couplings solve while sampling, then solve them again with
+    Newton (default settings) and with bisection, against a float64 bisection reference."""
+    captured = []
+    original = flows.logistic.mixture_logit_cdf_inverse
+
+    def capture(t, log_pi, mu, log_s, **kw):
+        captured.append((t, log_pi, mu, log_s))
+        return original(t, log_pi, mu, log_s, **kw)
+
+    flows.logistic.mixture_logit_cdf_inverse = capture
+    try:
+        with torch.no_grad():
+            torch.manual_seed(4)
+            flow.inverse(torch.randn(20, *flow.out_shape))
+    finally:
+        flows.logistic.mixture_logit_cdf_inverse = original
+    newton_evals = bisection_evals = 0
+    newton_error = 0.0
+    for t, log_pi, mu, log_s in captured:
+        reference, _ = original(
+            t.double(), log_pi.double(), mu.double(), log_s.double(), newton=False, tol=0.0, max_iters=200
+        )
+        x, evaluations = original(t, log_pi, mu, log_s)
+        error = (x.double() - reference).abs().max().item()
+        newton_evals += evaluations
+        newton_error = max(newton_error, error)
+        for n in range(1, 200):  # the fewest bisection evaluations that reach the same accuracy
+            xb, _ = original(t, log_pi, mu, log_s, newton=False, tol=0.0, max_iters=n)
+            if (xb.double() - reference).abs().max().item() <= max(error, 1e-5):
+                break
+        bisection_evals += n
+    return {
+        "couplings inverted": len(captured),
+        "Newton evaluations (total)": newton_evals,
+        "Newton max |error| vs float64 reference": newton_error,
+        "bisection evaluations at the same accuracy (total)": bisection_evals,
+        "bisection / Newton evaluations": bisection_evals / newton_evals,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--port", help="path of a checkout of the public PyTorch Flow++ port, to measure beside ours"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--test-images", type=int, default=1000)
+    args = parser.parse_args()
+    results = {"machine": describe_machine(), "speed": speed(args)}
+    print(results["speed"])
+    if SHARED_CIFAR.exists():
+        results["short training on CIFAR-10"], trained = short_training(args)
+        print(results["short training on CIFAR-10"])
+        results["MixLogCDF inverse"] = inverse_accuracy(trained)
+    else:
+        print(f"{SHARED_CIFAR} not found: skipping the real-data checks")
+    print(f"results: {save('flow_step', results)}")
+    for section, values in results.items():
+        print(f"\n## {section}")
+        if isinstance(values, dict):
+            for key, value in values.items():
+                print(f"  {key}: {value}")
+        else:
+            print(f"  {values}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Cost of the priors next to a Flow++ training step, and AIS at the paper's size (issue: priors).
+
+    python -m bench.priors [--repeats N]
+
+1. Per-step cost of each prior's ``loss`` (forward + backward) at dim 3072, batch 20, 20 chains and
+   200 Gibbs sweeps, as a fraction of one fp32 Flow++ training step at the paper's size measured in the
+   same run.
+2. AIS at dim 3072: time and standard error of log Z_s for a few schedules.
+3. AIS bias against exact enumeration for N = 40 (n_h = 12), strong couplings, several seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.common import describe_machine, interleaved, save
+from bench.flow_step import paper_step
+from priors import BernoulliPrior, GaussianPrior, MultiCovPrior, Prior, RBMPrior
+
+DIM = 3072
+
+
+def loss_case(prior: Prior):
+    prior.train()
+    z = torch.randn(20, DIM, requires_grad=True)
+
+    def run() -> None:
+        prior.zero_grad()
+        prior.loss(z).backward()
+
+    return run
+
+
+def trained_like_rbm(dim: int, n_visible: int | None = None, scale: float = 1.0, seed: int = 0) -> RBMPrior:
+    """Random couplings with σ_max(W) at the cap 0.99 Δ (the largest any run can reach)."""
+    torch.manual_seed(seed)
+    prior = RBMPrior(dim, n_visible=n_visible, gibbs_steps=200, num_chains=20)
+    with torch.no_grad():
+        prior.coupling.raw_weight.normal_(0, scale)
+        prior.bias.normal_(0, 0.1)
+    prior.eval()
+    return prior
+
+
+def overhead(repeats: int) -> dict:
+    _, flow_step = paper_step(bf16=False)
+    rbm = RBMPrior(DIM, gibbs_steps=200, num_chains=20)
+    with torch.no_grad():
+        rbm.coupling.raw_weight.normal_(0, 0.05)
+    cases = {
+        "Flow++ fp32 step": flow_step,
+        "GaussianPrior loss": loss_case(GaussianPrior(DIM)),
+        "MultiCovPrior loss": loss_case(MultiCovPrior(DIM)),
+        "BernoulliPrior loss": loss_case(BernoulliPrior(DIM)),
+        "RBMPrior loss (200 sweeps, 20 chains)": loss_case(rbm),
+    }
+    seconds = interleaved(cases, repeats)
+    step = seconds["Flow++ fp32 step"]
+    return {"seconds": seconds, "fraction of a Flow++ step": {k: v / step for k, v in seconds.items()}}
+
+
+def ais_schedules() -> dict:
+    prior = trained_like_rbm(DIM)
+    results = {}
+    for steps, chains in ((100, 100), (300, 100), (1000, 100)):
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        value, stderr = prior.estimate_log_partition(method="ais", steps=steps, chains=chains)
+        results[f"{steps} temperatures, {chains} chains"] = {
+            "seconds": time.perf_counter() - start,
+            "log Z_s": value.item(),
+            "standard error": stderr.item(),
+        }
+    return results
+
+
+def ais_bias(seeds: int = 5) -> dict:
+    rows = {}
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        prior = RBMPrior(40, n_visible=28, delta=4.0).double()
+        with torch.no_grad():
+            prior.coupling.raw_weight.copy_(0.6 * torch.randn(28, 12))
+            prior.bias.copy_(0.5 * torch.randn(40))
+        prior.eval()
+        exact, _ = prior.estimate_log_partition(method="exact")
+        estimate, stderr = prior.estimate_log_partition(method="ais", steps=2000, chains=400)
+        rows[f"seed {seed}"] = {
+            "AIS - exact (nats)": estimate.item() - exact.item(),
+            "standard error": stderr.item(),
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results = {
+        "machine": describe_machine(),
+        "overhead": overhead(args.repeats),
+        "AIS at dim 3072": ais_schedules(),
+        "AIS bias, N = 40, n_h = 12": ais_bias(),
+    }
+    print(f"results: {save('priors', results)}")
+    for section, values in results.items():
+        print(f"\n## {section}")
+        if isinstance(values, dict):
+            for key, value in values.items():
+                print(f"  {key}: {value}")
+        else:
+            print(f"  {values}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Image data modules. Every module yields (uint8 image (C, H, W), label) pairs; the model dequantizes.
+
+Training loaders are resumable mid-epoch: the shuffling order is a function of (seed, epoch) and the
+loader's ``state_dict`` records how many batches of the epoch were consumed, so a run restored from a
+mid-epoch checkpoint sees exactly the batches it would have seen (Lightning saves and restores the state
+of loaders that implement ``state_dict`` / ``load_state_dict``). Random flips happen on the batch, at
+the training step, so they draw from the random stream that checkpoints restore.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset, random_split
+from torchvision import datasets
+from torchvision.transforms import v2
+
+__all__ = [
+    "DigitsDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "ResumableLoader",
+    "TorchvisionDataModule",
+]
+
+
+class _EpochSampler(DistributedSampler):
+    """DistributedSampler (so Lightning leaves it in place) that also runs outside a process group and
+    can skip the first batches of an epoch once, after a mid-epoch restore."""
+
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in checkpoints."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+    ) -> None:
+        self._epoch_sampler = _EpochSampler(dataset, shuffle, seed)
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=self._epoch_sampler,
+            num_workers=num_workers,
+            drop_last=shuffle,
+        )
+        self._yielded = 0
+        self._exhausted = False
+
+    def __iter__(self):
+        self._yielded = self._epoch_sampler.skip // self.batch_size
+        self._exhausted = False
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning's training fetcher holds one batch ahead: until the epoch's iterator is exhausted,
+        # the last batch yielded has not been trained on yet.
+        consumed = self._yielded if self._exhausted else max(self._yielded - 1, 0)
+        return {"epoch": self._epoch_sampler.epoch, "batches": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._epoch_sampler.set_epoch(state["epoch"])
+        self._epoch_sampler.skip = state["batches"] * self.batch_size
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base class: subclasses provide ``shape`` and the train/test datasets of (uint8 image, label).
+
+    Args:
+        batch_size: examples per batch (paper: 20).
+        val_fraction: share of the training set held out for validation.
+        hflip: flip training images horizontally at random.
+        num_workers: DataLoader worker processes.
+        seed: shuffling and train/validation split seed.
+    """
+
+    shape: tuple[int, int, int]
+
+    def __init__(
+        self,
+        batch_size: int = 20,
+        val_fraction: float = 0.1,
+        hflip: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.hflip = hflip
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def _train_set(self) -> Dataset:
+        raise NotImplementedError
+
+    def _test_set(self) -> Dataset:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and not hasattr(self, "train_set"):
+            full = self._train_set()
+            n_val = round(len(full) * self.val_fraction)
+            generator = torch.Generator().manual_seed(self.seed)
+            self.train_set, self.val_set = random_split(full, [len(full) - n_val, n_val], generator=generator)
+        if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
+            self.test_set = self._test_set()
+
+    def train_dataloader(self) -> ResumableLoader:
+        return ResumableLoader(self.train_set, self.batch_size, True, self.seed, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return ResumableLoader(self.val_set, self.batch_size, False, self.seed, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return ResumableLoader(self.test_set, self.batch_size, False, self.seed, self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def split(self, name: str) -> Dataset:
+        """The "train", "val" or "test" dataset."""
+        if name == "test":
+            self.setup("test")
+            return self.test_set
+        if name in ("train", "val"):
+            self.setup("fit")
+            return self.train_set if name == "train" else self.val_set
+        raise ValueError(f'split must be "train", "val" or "test", got {name!r}')
+
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        if self.hflip and self.trainer is not None and self.trainer.training:
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images, labels
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, offline), shape (1, 8, 8).
+
+    The digits have 17 grey levels 0..16; level v becomes the 8-bit value round(v · 255 / 16), so the
+    range spans 0..255 and bits/dim are comparable to other 8-bit data. The last ``test_fraction`` of
+    a fixed shuffle is the test split.
+    """
+
+    shape = (1, 8, 8)
+
+    def __init__(self, test_fraction: float = 0.2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.test_fraction = test_fraction
+
+    def _all(self) -> tuple[TensorDataset, int]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))[:, None]
+        labels = torch.from_numpy(digits.target)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+        n_test = round(len(images) * self.test_fraction)
+        return TensorDataset(images[order], labels[order]), len(images) - n_test
+
+    def _train_set(self) -> Dataset:
+        full, n_train = self._all()
+        return Subset(full, range(n_train))
+
+    def _test_set(self) -> Dataset:
+        full, n_train = self._all()
+        return Subset(full, range(n_train, len(full)))
+
+
+TORCHVISION = {
+    "cifar10": (datasets.CIFAR10, (3, 32, 32)),
+    "mnist": (datasets.MNIST, (1, 28, 28)),
+    "fashion_mnist": (datasets.FashionMNIST, (1, 28, 28)),
+}
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """CIFAR-10, MNIST or Fashion-MNIST through torchvision.
+
+    Args:
+        name: "cifar10", "mnist" or "fashion_mnist".
+        root: the folder torchvision reads (and, with ``download``, writes).
+        download: fetch the files when they are absent.
+    """
+
+    def __init__(self, name: str = "cifar10", root: str = "data", download: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if name not in TORCHVISION:
+            raise ValueError(f"name must be one of {sorted(TORCHVISION)}, got {name!r}")
+        self.name, self.root, self.download = name, root, download
+        self.shape = TORCHVISION[name][1]
+
+    def _load(self, train: bool) -> Dataset:
+        cls = TORCHVISION[self.name][0]
+        try:
+            return cls(self.root, train=train, download=self.download, transform=v2.PILToTensor())
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"{self.name} is not under {Path(self.root).resolve()} ({error}). Point "
+                "--data.init_args.root at a folder that holds it, or pass --data.init_args.download true "
+                "where the network is reachable."
+            ) from error
+
+    def _train_set(self) -> Dataset:
+        return self._load(True)
+
+    def _test_set(self) -> Dataset:
+        return self._load(False)
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any folder of class sub-folders (torchvision ImageFolder) with ``train/`` and ``test/`` inside,
+    or a ``.tar.gz`` archive of one (unpacked once next to ``cache``), resized and centre-cropped.
+
+    Args:
+        root: the folder, or the archive (e.g. ../shared/data/cifar10-jpeg.tar.gz).
+        size: output height and width.
+        grayscale: one channel instead of three.
+        cache: where an archive is unpacked (default: beside it, or in ./data when that is read-only).
+    """
+
+    def __init__(
+        self, root: str, size: int = 32, grayscale: bool = False, cache: str | None = None, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root, self.size, self.grayscale, self.cache = root, size, grayscale, cache
+        self.shape = (1 if grayscale else 3, size, size)
+
+    def _folder(self) -> Path:
+        root = Path(self.root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist: pass --data.root a folder or a .tar.gz archive")
+        if root.is_dir():
+            return _single_child(root)
+        target = Path(self.cache or "data") / root.name.removesuffix(".tar.gz")
+        marker = target / ".unpacked"
+        if not marker.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(root) as archive:
+                archive.extractall(target, filter="data")
+            marker.touch()
+        return _single_child(target)
+
+    def _load(self, split: str) -> Dataset:
+        folder = self._folder() / split
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder} is missing: the image folder must hold train/ and test/ sub-folders"
+            )
+        steps = [v2.Resize(self.size), v2.CenterCrop(self.size)]
+        if self.grayscale:
+            steps.append(v2.Grayscale())
+        steps.append(v2.PILToTensor())
+        return datasets.ImageFolder(str(folder), transform=v2.Compose(steps))
+
+    def _train_set(self) -> Dataset:
+        return self._load("train")
+
+    def _test_set(self) -> Dataset:
+        return self._load("test")
+
+
+def _single_child(folder: Path) -> Path:
+    """An archive often wraps its content in one folder: step into it."""
+    children = [c for c in folder.iterdir() if not c.name.startswith(".")]
+    if len(children) == 1 and children[0].is_dir() and not (folder / "train").exists():
+        return children[0]
+    return folder

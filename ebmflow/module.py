@@ -1,0 +1,256 @@
+"""The EBMFlow LightningModule: dequantizer → Flow++ (logit preprocessing inside) → flatten → prior.
+
+All bits/dim are computed by one function and shared by the train, validation and test steps
+(MATH.md §1). Reported numbers:
+
+- ``train/objective``: the training loss in bits/dim (a bound on the variational-dequantization
+  bits/dim); for the RBM prior it uses the latest log Z_s estimate, refreshed at validation when exact.
+- ``{val,test}/bpd_uniform``: uniform-dequantization bound, the number the paper reports;
+- ``{val,test}/bpd_variational``: variational-dequantization bound (when the dequantizer is learned);
+- ``test/bpd_importance_K``: importance-weighted estimate with K dequantization samples;
+- ``{val,test}/log_z_exact``: 1 when the prior's normaliser is exact, 0 when it is the latest estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
+
+from flows import Dequantizer, FlowPlusPlus, UniformDequantizer
+from priors import DiscretePrior, Prior
+
+__all__ = ["EBMFlow", "NonFiniteLossError"]
+
+log = logging.getLogger(__name__)
+NONFINITE = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss or one of its terms is NaN or infinite."""
+
+
+class EBMFlow(L.LightningModule):
+    """A Flow++ with a pluggable prior.
+
+    Args:
+        flow: the Flow++ backbone; its ``in_shape`` must match the data.
+        prior: the base distribution; its ``dim`` must equal C·H·W.
+        dequantizer: a learned dequantizer (e.g. ``flows.VariationalDequantizer``); uniform when None.
+        optimizer: the optimiser factory (default Adam at its default rate; the paper's configs use a
+            constant learning rate of 1e-4).
+        lr_scheduler: an optional scheduler factory (Flow++ used a linear warm-up).
+        importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
+        nonfinite: "stop" ends training at a non-finite loss, naming the step and the term; "skip"
+            skips that batch and counts it (``train/skipped_batches``).
+    """
+
+    def __init__(
+        self,
+        flow: FlowPlusPlus,
+        prior: Prior,
+        dequantizer: Dequantizer | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        importance_samples: int = 16,
+        nonfinite: str = "stop",
+    ) -> None:
+        super().__init__()
+        dims = math.prod(flow.in_shape)
+        if prior.dim != dims:
+            raise ValueError(
+                f"the prior has dim={prior.dim} but the flow's in_shape {tuple(flow.in_shape)} has {dims} "
+                f"dimensions: set --model.prior.init_args.dim={dims}"
+            )
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if importance_samples < 0:
+            raise ValueError(f"importance_samples must be >= 0, got {importance_samples}")
+        self.save_hyperparameters(ignore=["flow", "prior", "dequantizer", "optimizer", "lr_scheduler"])
+        self.flow = flow
+        self.prior = prior
+        self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
+        self.uniform = UniformDequantizer()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.importance_samples = importance_samples
+        self.nonfinite = nonfinite
+        self.dims = dims
+        self.skipped_batches = 0
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        data_shape = getattr(self.trainer.datamodule, "shape", None) if self.trainer else None
+        if data_shape is not None and tuple(data_shape) != tuple(self.flow.in_shape):
+            raise ValueError(
+                f"the data has shape {tuple(data_shape)} but the flow expects {tuple(self.flow.in_shape)}: "
+                f"set --model.flow.init_args.in_shape={list(data_shape)} (and the prior's dim to match)"
+            )
+        strategy = self.trainer.strategy if self.trainer else None
+        if isinstance(strategy, DDPStrategy):
+            # DDP would overwrite every rank's buffers with rank 0's before each forward pass, making
+            # all PCD chains identical; the chains must stay rank-local (ActNorm syncs its own init).
+            strategy._ddp_kwargs["broadcast_buffers"] = False
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
+            # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
+            # and its own PCD chains; seed_everything gives them all the same one.
+            torch.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
+            chains = getattr(self.prior, "chains", None)
+            if chains is not None:
+                chains.copy_(torch.where(torch.rand_like(chains) < 0.5, 1.0, -1.0))
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
+
+    # -------------------------------------------------------------------------------------- densities
+    def log_likelihood(self, images: Tensor, dequantizer: Dequantizer) -> Tensor:
+        """Lower bound on log P(x) in nats, (batch,): log p_Z(f(y)) + log|det| − log q(u|x) − D log 256."""
+        y, log_q = dequantizer(images)
+        z, logdet = self.flow(y)
+        return self.prior.log_prob(z.flatten(1)) + logdet - log_q - self.dims * math.log(256)
+
+    def bits_per_dim(self, log_p: Tensor) -> Tensor:
+        return -log_p / (self.dims * math.log(2))
+
+    def importance_weighted(self, images: Tensor, samples: int) -> Tensor:
+        """log (1/K) Σ_k p(x, u_k) / q(u_k | x), (batch,) (MATH.md §1)."""
+        log_w = torch.stack([self.log_likelihood(images, self.dequantizer) for _ in range(samples)])
+        return torch.logsumexp(log_w, dim=0) - math.log(samples)
+
+    # ---------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        images = batch[0]
+        y, log_q = self.dequantizer(images)
+        z, logdet = self.flow(y)
+        prior_loss = self.prior.loss(z.flatten(1))
+        objective = (prior_loss - logdet.mean() + log_q.mean()) / (self.dims * math.log(2)) + 8
+        if not torch.isfinite(objective):
+            return self._nonfinite(
+                objective, {"z": z, "log-determinant": logdet, "log q(u|x)": log_q, "prior loss": prior_loss}
+            )
+        self.log("train/objective", objective, prog_bar=True)
+        return objective
+
+    def _nonfinite(self, objective: Tensor, terms: dict[str, Tensor]) -> None:
+        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())] or ["the sum"]
+        message = (
+            f"non-finite training loss ({objective.item()}) at global step {self.global_step}, "
+            f"epoch {self.current_epoch}: non-finite {', '.join(bad)}"
+        )
+        if self.nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning("%s; skipping the batch (%d skipped so far)", message, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches))
+            return None
+        raise NonFiniteLossError(
+            f"{message}. Training stopped before the update, so the parameters and checkpoints are those of "
+            "the last finite step. Lower the learning rate, clip gradients (--trainer.gradient_clip_val), or "
+            "set --model.nonfinite skip to skip such batches."
+        )
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        images = batch[0]
+        metrics = {
+            f"{stage}/bpd_uniform": self.bits_per_dim(self.log_likelihood(images, self.uniform)).mean()
+        }
+        if not isinstance(self.dequantizer, UniformDequantizer):
+            bound = self.log_likelihood(images, self.dequantizer)
+            metrics[f"{stage}/bpd_variational"] = self.bits_per_dim(bound).mean()
+        if stage == "test" and self.importance_samples:
+            iw = self.importance_weighted(images, self.importance_samples)
+            metrics[f"{stage}/bpd_importance_{self.importance_samples}"] = self.bits_per_dim(iw).mean()
+        metrics[f"{stage}/log_z_exact"] = float(self.prior.log_partition_is_exact)
+        self.log_dict(metrics, prog_bar=stage == "val", sync_dist=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        if isinstance(self.prior, DiscretePrior) and self.prior.log_partition_is_exact:
+            self.prior.estimate_log_partition()  # exact and cheap: keeps train/objective's log Z current
+
+    def on_test_epoch_start(self) -> None:
+        if isinstance(self.prior, DiscretePrior) and not self.prior.log_partition_is_exact:
+            value, stderr = self.prior.estimate_log_partition()
+            log.info("log Z_s = %.3f ± %.3f (AIS) for the test bits/dim", value.item(), stderr.item())
+            self.log_dict({"test/log_z_s": value, "test/log_z_s_stderr": stderr})
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Bits/dim (uniform-dequantization bound) of each image."""
+        return self.bits_per_dim(self.log_likelihood(batch[0], self.uniform))
+
+    # ------------------------------------------------------------------------- sampling and codes
+    def decode(self, z: Tensor) -> Tensor:
+        """z: (n, N) -> uint8 images (n, C, H, W)."""
+        y = self.flow.inverse(z.reshape(-1, *self.flow.out_shape))
+        return (y * 256).floor().clamp(0, 255).to(torch.uint8)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        """n uint8 images drawn from the model."""
+        return self.decode(self.prior.sample(n, temperature))
+
+    @torch.no_grad()
+    def sample_columns(self, columns: int, rows: int, temperature: float = 1.0) -> Tensor:
+        """The paper's Fig. 3: (rows, columns, C, H, W); each column shares one discrete sample s, each
+        row draws z ~ N(s, J̃⁻¹)."""
+        if not isinstance(self.prior, DiscretePrior):
+            raise TypeError(
+                f"{type(self.prior).__name__} has no discrete latent: Fig. 3 needs RBMPrior or BernoulliPrior"
+            )
+        spins = self.prior.sample_discrete(columns)
+        z = self.prior.sample_given(spins.repeat(rows, 1), temperature)
+        return self.decode(z).reshape(rows, columns, *self.flow.in_shape)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """uint8 images -> p(s_i = +1 | z) (n, N), exact; z from the centre of each pixel's bin."""
+        if not isinstance(self.prior, DiscretePrior):
+            raise TypeError(f"{type(self.prior).__name__} has no discrete latent to encode into")
+        z, _ = self.flow((images.to(torch.float32) + 0.5) / 256)
+        return self.prior.posterior(z.flatten(1))
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every rank's random state and PCD chains, so a resumed run continues exactly."""
+        state = {"torch": torch.get_rng_state()}
+        chains = getattr(self.prior, "chains", None)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            state["torch"] = self.all_gather(state["torch"].to(self.device)).cpu()
+            if chains is not None:
+                checkpoint["state_dict"]["prior.chains"] = self.all_gather(chains).cpu()
+        checkpoint["ebmflow_rng"] = state
+        checkpoint["ebmflow_skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rank = self.global_rank
+        chains = checkpoint["state_dict"].get("prior.chains")
+        if chains is not None and chains.dim() == 3:  # saved by several ranks
+            checkpoint["state_dict"]["prior.chains"] = chains[rank % chains.shape[0]]
+        rng = checkpoint.get("ebmflow_rng", {}).get("torch")
+        if rng is not None:
+            self._rng_to_restore = rng[rank % rng.shape[0]] if rng.dim() == 2 else rng
+        self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
+
+    def on_train_start(self) -> None:
+        # Restored here, after any sanity-check validation, which draws random numbers too.
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng is not None:
+            torch.set_rng_state(rng)
+            self._rng_to_restore = None

@@ -1,0 +1,124 @@
+"""The ebmflow command end to end on the bundled digits: fit, test, sample, encode, and the errors
+that must come before any training."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ebmflow.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> None:
+    main(list(args))
+
+
+def only_checkpoint(root: Path) -> Path:
+    (path,) = (root / "checkpoints").glob("*.ckpt")
+    return path
+
+
+def test_fit_test_sample_encode(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run("fit", "--config", str(tiny_config))
+    ckpt = only_checkpoint(tmp_path / "run")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert bool(state["flow.layers.1.initialized"])
+
+    run("test", "--config", str(tiny_config), "--ckpt_path", str(ckpt))
+    assert "test/bpd_uniform" in capsys.readouterr().out
+
+    out = tmp_path / "samples"
+    run(
+        "sample",
+        "--config",
+        str(tiny_config),
+        "--ckpt_path",
+        str(ckpt),
+        "--num_samples",
+        "12",
+        "--columns",
+        "4",
+        "--out",
+        str(out),
+    )
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (12, 1, 8, 8) and images.dtype == np.uint8
+    assert (out / "samples.png").stat().st_size > 0 and (out / "discrete_columns.png").stat().st_size > 0
+
+    codes_path = tmp_path / "codes.npz"
+    run("encode", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(codes_path))
+    codes = np.load(codes_path)
+    assert codes["probabilities"].shape == (359, 64)
+    assert ((codes["probabilities"] >= 0) & (codes["probabilities"] <= 1)).all()
+    assert set(np.unique(codes["codes"])) <= {-1, 1}
+    assert np.array_equal(codes["codes"] == 1, codes["probabilities"] > 0.5)
+    assert sorted(np.unique(codes["labels"])) == list(range(10))
+
+
+def test_help_and_print_config_are_readable() -> None:
+    for args in (["--help"], ["fit", "--help"], ["sample", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ebmflow", *args], capture_output=True, text=True, cwd=ROOT
+        )
+        assert result.returncode == 0, result.stderr
+    assert (
+        "--model.prior" in result.stdout
+        or "--model.prior"
+        in subprocess.run(
+            [sys.executable, "-m", "ebmflow", "fit", "--help"], capture_output=True, text=True, cwd=ROOT
+        ).stdout
+    )
+    printed = subprocess.run(
+        [sys.executable, "-m", "ebmflow", "fit", "--config", "conf/rbm.yaml", "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert "priors.RBMPrior" in printed.stdout and "gibbs_steps: 200" in printed.stdout
+
+
+def test_prior_by_short_name_and_configs_compose(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    override = tmp_path / "gaussian.yaml"
+    override.write_text("model:\n  prior:\n    class_path: GaussianPrior\n    init_args:\n      dim: 64\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--config", str(tiny_config), "--config", str(override), "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: priors.GaussianPrior" in printed and "RBMPrior" not in printed
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model.prior.init_args.dim", "63"], "dim=64"),
+        (["--model.prior.init_args.delta", "0.0"], "delta"),
+        (["--model.prior", "NoSuchPrior"], "NoSuchPrior"),
+        (["--model.flow.init_args.in_shape", "[1, 16, 16]"], "in_shape"),
+    ],
+)
+def test_mistakes_fail_before_training(tiny_config: Path, extra: list[str], message: str, capsys) -> None:
+    with pytest.raises((SystemExit, ValueError)) as error:
+        run("fit", "--config", str(tiny_config), *extra)
+    text = str(error.value) + capsys.readouterr().err
+    assert message in text
+    assert not (tiny_config.parent / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_bad_checkpoints_fail_clearly(tiny_config: Path, tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "bad.ckpt"
+    if content is None:
+        torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, path)  # someone else's checkpoint
+    else:
+        path.write_bytes(content)
+    for command in ("test", "sample"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(command, "--config", str(tiny_config), "--ckpt_path", str(path))
+        assert "checkpoint" in str(exit_info.value) and str(path) in str(exit_info.value)
