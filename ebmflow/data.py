@@ -52,7 +52,12 @@ class _EpochSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader whose position in the epoch is saved in checkpoints."""
+    """A DataLoader whose position in the epoch is saved in checkpoints.
+
+    ``consumed`` counts the batches of the current epoch that reached a training step; the data module
+    advances it when it moves a training batch to the device, which is when the batch is used (the
+    loader itself runs ahead: Lightning prefetches).
+    """
 
     def __init__(
         self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
@@ -65,22 +70,14 @@ class ResumableLoader(DataLoader):
             num_workers=num_workers,
             drop_last=shuffle,
         )
-        self._yielded = 0
-        self._exhausted = False
+        self.consumed = 0
 
     def __iter__(self):
-        self._yielded = self._epoch_sampler.skip // self.batch_size
-        self._exhausted = False
-        for batch in super().__iter__():
-            self._yielded += 1
-            yield batch
-        self._exhausted = True
+        self.consumed = self._epoch_sampler.skip // self.batch_size
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
-        # Lightning's training fetcher holds one batch ahead: until the epoch's iterator is exhausted,
-        # the last batch yielded has not been trained on yet.
-        consumed = self._yielded if self._exhausted else max(self._yielded - 1, 0)
-        return {"epoch": self._epoch_sampler.epoch, "batches": consumed}
+        return {"epoch": self._epoch_sampler.epoch, "batches": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._epoch_sampler.set_epoch(state["epoch"])
@@ -133,7 +130,10 @@ class ImageDataModule(L.LightningDataModule):
             self.test_set = self._test_set()
 
     def train_dataloader(self) -> ResumableLoader:
-        return ResumableLoader(self.train_set, self.batch_size, True, self.seed, self.num_workers)
+        self._train_loader = ResumableLoader(
+            self.train_set, self.batch_size, True, self.seed, self.num_workers
+        )
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
         return ResumableLoader(self.val_set, self.batch_size, False, self.seed, self.num_workers)
@@ -158,7 +158,10 @@ class ImageDataModule(L.LightningDataModule):
         self, batch: tuple[Tensor, Tensor], dataloader_idx: int
     ) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        if self.hflip and self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if training and hasattr(self, "_train_loader"):
+            self._train_loader.consumed += 1
+        if self.hflip and training:
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         return images, labels

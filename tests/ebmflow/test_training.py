@@ -1,0 +1,130 @@
+"""Real Trainer runs on the digits: exact resume, non-finite losses, the reported bits/dim."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ebmflow.data import DigitsDataModule
+from ebmflow.module import EBMFlow, NonFiniteLossError
+from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
+from priors import GaussianPrior, RBMPrior
+
+
+def tiny_model(prior=None, **kwargs) -> EBMFlow:
+    flow = FlowPlusPlus((1, 8, 8), filters=8, components=3, blocks=1, dropout=0.1)
+    prior = prior if prior is not None else RBMPrior(64, n_visible=52, gibbs_steps=3, num_chains=8)
+    return EBMFlow(flow, prior, **kwargs)
+
+
+def trainer(root: Path, **kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        limit_val_batches=1,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def test_resume_mid_epoch_continues_exactly(tmp_path: Path) -> None:
+    """N steps straight, or N/2 steps, a checkpoint mid-epoch, and N/2 more from it: same parameters,
+    ActNorm state, PCD chains and log Z."""
+    data = dict(batch_size=64, hflip=True)  # 20 batches an epoch: step 10 is mid-epoch
+    L.seed_everything(0)
+    straight = tiny_model()
+    trainer(tmp_path / "a", max_steps=14, val_check_interval=7).fit(straight, DigitsDataModule(**data))
+
+    L.seed_everything(0)
+    first = tiny_model()
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer(tmp_path / "b", max_steps=10, val_check_interval=7, callbacks=[checkpoint]).fit(
+        first, DigitsDataModule(**data)
+    )
+    assert first.global_step == 10
+
+    L.seed_everything(123)  # the resumed run must not depend on the new process's seed
+    resumed = tiny_model()
+    trainer(tmp_path / "c", max_steps=14, val_check_interval=7).fit(
+        resumed, DigitsDataModule(**data), ckpt_path=tmp_path / "ck" / "last.ckpt", weights_only=True
+    )
+    expected = straight.state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert not torch.equal(first.prior.chains, resumed.prior.chains)
+
+
+class ExplodingPrior(GaussianPrior):
+    """N(0, I) whose loss turns NaN from the third training call on."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.calls = 0
+
+    def _loss(self, z):
+        self.calls += 1
+        loss = super()._loss(z)
+        return loss * float("nan") if self.calls >= 3 else loss
+
+
+def test_nonfinite_loss_stops_before_the_update(tmp_path: Path) -> None:
+    model = tiny_model(ExplodingPrior(64))
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=1
+    )
+    with pytest.raises(NonFiniteLossError, match=r"global step 2, epoch 0: non-finite prior loss"):
+        trainer(tmp_path, max_steps=10, callbacks=[checkpoint]).fit(model, DigitsDataModule(batch_size=64))
+    for parameter in model.parameters():
+        assert torch.isfinite(parameter).all()
+    saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_can_skip_batches(tmp_path: Path) -> None:
+    model = tiny_model(ExplodingPrior(64), nonfinite="skip")
+    trainer(tmp_path, max_epochs=1, limit_train_batches=6).fit(model, DigitsDataModule(batch_size=64))
+    assert model.skipped_batches == 4  # calls 3..6 of the one epoch of 6 batches
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_log_likelihood_composes_the_data_path() -> None:
+    """log P(x) ≥ log p_Z(f(y)) + log|det ∂f/∂y| − log q(u|x) − D log 256, term by term."""
+    torch.manual_seed(0)
+    model = tiny_model(GaussianPrior(64), dequantizer=VariationalDequantizer((1, 8, 8), filters=8, blocks=1))
+    model.eval()
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(1)
+    got = model.log_likelihood(images, model.dequantizer)
+    torch.manual_seed(1)
+    y, log_q = model.dequantizer(images)
+    z, logdet = model.flow(y)
+    log_pz = -0.5 * (z.flatten(1).square().sum(1) + 64 * math.log(2 * math.pi))
+    assert torch.allclose(got, log_pz + logdet - log_q - 64 * math.log(256), atol=1e-4)
+    assert torch.allclose(model.bits_per_dim(got), -got / (64 * math.log(2)))
+
+
+def test_reported_metrics(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(
+        dequantizer=VariationalDequantizer((1, 8, 8), filters=8, blocks=1), importance_samples=8
+    )
+    run = trainer(tmp_path, max_steps=20, limit_test_batches=2)
+    run.fit(model, DigitsDataModule(batch_size=64))
+    (metrics,) = run.test(model, DigitsDataModule(batch_size=64), verbose=False)
+    assert metrics["test/log_z_exact"] == 1.0
+    for key in ("test/bpd_uniform", "test/bpd_variational", "test/bpd_importance_8"):
+        assert math.isfinite(metrics[key]) and 0 < metrics[key] < 16, key
+    # importance weighting tightens the variational bound
+    assert metrics["test/bpd_importance_8"] < metrics["test/bpd_variational"]
+
+
+def test_uniform_is_the_default_dequantizer() -> None:
+    assert isinstance(tiny_model().dequantizer, UniformDequantizer)
