@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=1000)
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as the ebmflow command does
     results = {"machine": describe_machine(), "speed": speed(args)}
     print(results["speed"])
     if SHARED_CIFAR.exists():

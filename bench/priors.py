@@ -101,6 +101,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as the ebmflow command does
     results = {
         "machine": describe_machine(),
         "overhead": overhead(args.repeats),

@@ -15,7 +15,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from torchvision.utils import save_image
 
 from ebmflow.checkpoints import CheckpointError, read_checkpoint
@@ -109,6 +110,16 @@ def _load_for_inference(model: EBMFlow, ckpt_path: str, device: torch.device) ->
     return model.to(device).eval()
 
 
+class LoggedConfig(SaveConfigCallback):
+    """Writes config.yaml into the run directory, as LightningCLI does, and also hands the whole config
+    to the run's logger (W&B shows it beside the metrics, so an ablation's runs can be compared)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.logger is not None:
+            config = self.parser.dump(self.config, skip_none=False, format="yaml")
+            trainer.logger.log_hyperparams({"config": yaml.safe_load(config)})
+
+
 class EBMFlowCLI(LightningCLI):
     """LightningCLI for EBMFlow: any ImageDataModule, priors by short name (entry points included)."""
 
@@ -140,6 +151,7 @@ def main(args: list[str] | None = None) -> None:
             ImageDataModule,
             trainer_class=EBMFlowTrainer,
             subclass_mode_data=True,
+            save_config_callback=LoggedConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Flow++ with energy-based priors (RBM-Flow, D-Flow)."},
             args=args,
