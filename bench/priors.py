@@ -48,14 +48,17 @@ def trained_like_rbm(dim: int, n_visible: int | None = None, scale: float = 1.0,
 def overhead(repeats: int) -> dict:
     _, flow_step = paper_step(bf16=False)
     rbm = RBMPrior(DIM, gibbs_steps=200, num_chains=20)
+    rbm_bf16 = RBMPrior(DIM, gibbs_steps=200, num_chains=20, gibbs_precision="bfloat16")
     with torch.no_grad():
         rbm.coupling.raw_weight.normal_(0, 0.05)
+        rbm_bf16.coupling.raw_weight.copy_(rbm.coupling.raw_weight)
     cases = {
         "Flow++ fp32 step": flow_step,
         "GaussianPrior loss": loss_case(GaussianPrior(DIM)),
         "MultiCovPrior loss": loss_case(MultiCovPrior(DIM)),
         "BernoulliPrior loss": loss_case(BernoulliPrior(DIM)),
         "RBMPrior loss (200 sweeps, 20 chains)": loss_case(rbm),
+        "RBMPrior loss (200 sweeps, 20 chains, bf16 Gibbs)": loss_case(rbm_bf16),
     }
     seconds = interleaved(cases, repeats)
     step = seconds["Flow++ fp32 step"]

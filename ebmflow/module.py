@@ -116,13 +116,19 @@ class EBMFlow(L.LightningModule):
         }
 
     # -------------------------------------------------------------------------------------- densities
-    def log_likelihood(self, images: Tensor, dequantizer: Dequantizer) -> Tensor:
-        """Lower bound on log P(x) in nats, (batch,): log p_Z(f(y)) + log|det| − log q(u|x) − D log 256."""
+    def _latent(self, images: Tensor, dequantizer: Dequantizer) -> tuple[Tensor, Tensor, Tensor]:
+        """uint8 images -> (z: (batch, N), log|det ∂z/∂y|: (batch,), log q(u|x): (batch,))."""
         y, log_q = dequantizer(images)
         z, logdet = self.flow(y)
-        return self.prior.log_prob(z.flatten(1)) + logdet - log_q - self.dims * math.log(256)
+        return z.flatten(1), logdet, log_q
+
+    def log_likelihood(self, images: Tensor, dequantizer: Dequantizer) -> Tensor:
+        """Lower bound on log P(x) in nats, (batch,): log p_Z(f(y)) + log|det| − log q(u|x) − D log 256."""
+        z, logdet, log_q = self._latent(images, dequantizer)
+        return self.prior.log_prob(z) + logdet - log_q - self.dims * math.log(256)
 
     def bits_per_dim(self, log_p: Tensor) -> Tensor:
+        """log-likelihood in nats -> bits per dimension (MATH.md §1)."""
         return -log_p / (self.dims * math.log(2))
 
     def importance_weighted(self, images: Tensor, samples: int) -> Tensor:
@@ -132,15 +138,13 @@ class EBMFlow(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        images = batch[0]
-        y, log_q = self.dequantizer(images)
-        z, logdet = self.flow(y)
-        prior_loss = self.prior.loss(z.flatten(1))
-        objective = (prior_loss - logdet.mean() + log_q.mean()) / (self.dims * math.log(2)) + 8
+        z, logdet, log_q = self._latent(batch[0], self.dequantizer)
+        prior_loss = self.prior.loss(z)
+        log_p = -prior_loss + logdet.mean() - log_q.mean() - self.dims * math.log(256)
+        objective = self.bits_per_dim(log_p)
         if not torch.isfinite(objective):
-            return self._nonfinite(
-                objective, {"z": z, "log-determinant": logdet, "log q(u|x)": log_q, "prior loss": prior_loss}
-            )
+            terms = {"z": z, "log-determinant": logdet, "log q(u|x)": log_q, "prior loss": prior_loss}
+            return self._nonfinite(objective, terms)
         self.log("train/objective", objective, prog_bar=True)
         return objective
 

@@ -28,9 +28,9 @@ def _check_images(x: Tensor) -> None:
 class Dequantizer(nn.Module, abc.ABC):
     """uint8 images (batch, C, H, W) -> (y in (0, 1) of the same shape, log q(u | x): (batch,))."""
 
-    def forward(self, x: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_images(x)
-        return self._dequantize(x.to(dtype))
+        return self._dequantize(x.float())
 
     @abc.abstractmethod
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]: ...

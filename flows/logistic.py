@@ -57,7 +57,7 @@ def mixture_logit_cdf_inverse(
     newton: bool = True,
     tol: float | None = None,
     max_iters: int = 100,
-    check_every: int = 4,
+    check_every: int = 2,
 ) -> tuple[Tensor, int]:
     """Solve ``logit(c(x)) = t`` elementwise. t: (B, C, H, W) -> (x: (B, C, H, W), evaluations).
 

@@ -71,9 +71,10 @@ class CouplingMatrix(nn.Module):
     """Parametrises W (n_v × n_h) and Δ so that J̃ is positive definite for every parameter value.
 
     W = V · min(1, ρΔ / σ_max(V)) with ρ = ``max_ratio`` < 1, so σ_max(W) ≤ ρΔ < Δ (MATH.md §3: J̃ ≻ 0
-    exactly when Δ > σ_max(W)). σ_max(V) comes from one power iteration per training call on
-    persistent vectors; power iteration under-estimates σ_max, so the Cholesky factorisation of the
-    Schur complement certifies the result and, when it fails, σ_max is recomputed exactly.
+    exactly when Δ > σ_max(W)). σ_max(V) = uᵀVv comes from one power iteration per training call on
+    persistent vectors u, v (as torch's spectral_norm); power iteration under-estimates σ_max, so the
+    Cholesky factorisation of the Schur complement certifies the result and, when it fails, u and v
+    are replaced by the exact top singular vectors.
 
     Args:
         n_visible, n_hidden: block sizes.
@@ -119,12 +120,19 @@ class CouplingMatrix(nn.Module):
     def forward(self) -> SmoothedPrecision:
         if self.training and not torch.is_inference_mode_enabled():
             self._power_iteration()
-        sigma = self._u @ self.raw_weight @ self._v
         try:
-            return SmoothedPrecision.factor(self.delta, self._scaled(sigma))
+            return SmoothedPrecision.factor(self.delta, self._scaled(self._u @ self.raw_weight @ self._v))
         except NotPositiveDefiniteError:
-            exact = torch.linalg.matrix_norm(self.raw_weight, ord=2)
-            return SmoothedPrecision.factor(self.delta, self._scaled(exact))
+            # The power-iteration estimate is a lower bound and fell short (the weights moved faster
+            # than one iteration a step follows): take the exact top singular vectors, and restart the
+            # power iteration from them when training.
+            with torch.no_grad():
+                left, _, right = torch.linalg.svd(self.raw_weight, full_matrices=False)
+                u, v = left[:, 0], right[0]
+                if self.training and not torch.is_inference_mode_enabled():
+                    self._u.copy_(u)
+                    self._v.copy_(v)
+            return SmoothedPrecision.factor(self.delta, self._scaled(u @ self.raw_weight @ v))
 
 
 def visible_units(dim: int, n_visible: int | None) -> int:

@@ -14,6 +14,8 @@ from priors.spins import LOG_2PI, log_2cosh, sample_spins
 
 __all__ = ["RBMPrior"]
 
+GIBBS_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 class RBMPrior(SmoothedSpinPrior):
     """Smoothed RBM: spins split into n_v visible and n_h hidden units, J = [[0, W], [Wᵀ, 0]].
@@ -40,6 +42,10 @@ class RBMPrior(SmoothedSpinPrior):
         max_ratio: the largest allowed σ_max(W) / Δ.
         exact_max_units: enumerate Z_s exactly up to this many units in the smaller layer.
         ais_steps, ais_chains: the default AIS schedule (linear in β) of ``estimate_log_partition``.
+        gibbs_precision: "float32", or "bfloat16" to run the Gibbs sweeps' matrix products with W
+            rounded to bf16 (relative error ≤ 2⁻⁸ per coupling; spins are exact, fields are summed in
+            float32): about 4x faster sweeps on CPUs with bf16 units, at the price of sampling from
+            that slightly rounded RBM.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class RBMPrior(SmoothedSpinPrior):
         exact_max_units: int = 20,
         ais_steps: int = 1000,
         ais_chains: int = 100,
+        gibbs_precision: str = "float32",
     ) -> None:
         super().__init__(dim)
         n_visible = visible_units(dim, n_visible)
@@ -65,6 +72,11 @@ class RBMPrior(SmoothedSpinPrior):
         self.exact_max_units = exact_max_units
         self.ais_steps = ais_steps
         self.ais_chains = ais_chains
+        if gibbs_precision not in GIBBS_PRECISIONS:
+            raise ValueError(
+                f"gibbs_precision must be one of {sorted(GIBBS_PRECISIONS)}, got {gibbs_precision!r}"
+            )
+        self.gibbs_dtype = GIBBS_PRECISIONS[gibbs_precision]
         self.coupling = CouplingMatrix(n_visible, dim - n_visible, delta, learn_delta, max_ratio)
         self.register_buffer("chains", sample_spins(torch.zeros(num_chains, n_visible)))
         # With W = 0 and h = 0, Z_s = 2^N exactly: the first estimate before any training.
@@ -89,10 +101,13 @@ class RBMPrior(SmoothedSpinPrior):
     def _gibbs(self, s_v: Tensor, weight: Tensor, steps: int) -> Tensor:
         """``steps`` block-Gibbs sweeps s_h | s_v, s_v | s_h from visible states s_v: (n, n_v)."""
         bias_v, bias_h = (b.detach() for b in self._biases())
+        dtype = s_v.dtype
+        weight = weight.to(self.gibbs_dtype)
+        s_v = s_v.to(self.gibbs_dtype)
         for _ in range(steps):
-            s_h = sample_spins(s_v @ weight + bias_h)
-            s_v = sample_spins(s_h @ weight.T + bias_v)
-        return s_v
+            s_h = sample_spins((s_v @ weight).to(dtype) + bias_h).to(self.gibbs_dtype)
+            s_v = sample_spins((s_h @ weight.T).to(dtype) + bias_v).to(self.gibbs_dtype)
+        return s_v.to(dtype)
 
     def _loss(self, z: Tensor) -> Tensor:
         precision = self.precision()

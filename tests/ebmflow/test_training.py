@@ -128,3 +128,24 @@ def test_reported_metrics(tmp_path: Path) -> None:
 
 def test_uniform_is_the_default_dequantizer() -> None:
     assert isinstance(tiny_model().dequantizer, UniformDequantizer)
+
+
+def test_scheduler_and_weight_averaging_plug_in(tmp_path: Path) -> None:
+    """A warm-up schedule (Flow++) from the module's lr_scheduler and EMA weights from Lightning's
+    callback both act on a real fit."""
+
+    def warmup(optimizer):
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=4)
+
+    L.seed_everything(0)
+    plain = tiny_model(GaussianPrior(64), lr_scheduler=warmup)
+    run = trainer(tmp_path / "a", max_steps=3)
+    run.fit(plain, DigitsDataModule(batch_size=64))
+    assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 3 / 4))
+
+    L.seed_everything(0)
+    averaged = tiny_model(GaussianPrior(64), lr_scheduler=warmup)
+    ema = L.pytorch.callbacks.EMAWeightAveraging(decay=0.5)
+    trainer(tmp_path / "b", max_steps=3, callbacks=[ema]).fit(averaged, DigitsDataModule(batch_size=64))
+    differs = [not torch.equal(a, b) for a, b in zip(plain.parameters(), averaged.parameters(), strict=True)]
+    assert any(differs)

@@ -13,6 +13,9 @@ PRIORS: dict[str, Callable[[int], Prior]] = {
     "multicov": lambda dim: MultiCovPrior(dim, delta=2.5),
     "bernoulli": lambda dim: BernoulliPrior(dim, delta=1.0),
     "rbm": lambda dim: RBMPrior(dim, delta=2.5, gibbs_steps=50, num_chains=16),
+    "rbm-bf16-gibbs": lambda dim: RBMPrior(
+        dim, delta=2.5, gibbs_steps=50, num_chains=16, gibbs_precision="bfloat16"
+    ),
     "rbm-learned-delta": lambda dim: RBMPrior(
         dim, delta=1.5, gibbs_steps=50, num_chains=16, learn_delta=True
     ),
