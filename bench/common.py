@@ -35,10 +35,19 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[st
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def save(name: str, results: dict) -> Path:
+def report(name: str, results: dict) -> Path:
+    """Write bench/results/<name>.json and print the sections."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
+    print(f"results: {path}")
+    for section, values in results.items():
+        print(f"\n## {section}")
+        if isinstance(values, dict):
+            for key, value in values.items():
+                print(f"  {key}: {value}")
+        else:
+            print(f"  {values}")
     return path
 
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 import flows.logistic
-from bench.common import count_flops, describe_machine, interleaved, save
+from bench.common import count_flops, describe_machine, interleaved, report
 from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -275,14 +275,7 @@ def main() -> None:
         results["MixLogCDF inverse"] = inverse_accuracy(trained)
     else:
         print(f"{SHARED_CIFAR} not found: skipping the real-data checks")
-    print(f"results: {save('flow_step', results)}")
-    for section, values in results.items():
-        print(f"\n## {section}")
-        if isinstance(values, dict):
-            for key, value in values.items():
-                print(f"  {key}: {value}")
-        else:
-            print(f"  {values}")
+    report("flow_step", results)
 
 
 if __name__ == "__main__":

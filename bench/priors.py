@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench.common import describe_machine, interleaved, save
+from bench.common import describe_machine, interleaved, report
 from bench.flow_step import paper_step
 from priors import BernoulliPrior, GaussianPrior, MultiCovPrior, Prior, RBMPrior
 
@@ -111,14 +111,7 @@ def main() -> None:
         "AIS at dim 3072": ais_schedules(),
         "AIS bias, N = 40, n_h = 12": ais_bias(),
     }
-    print(f"results: {save('priors', results)}")
-    for section, values in results.items():
-        print(f"\n## {section}")
-        if isinstance(values, dict):
-            for key, value in values.items():
-                print(f"  {key}: {value}")
-        else:
-            print(f"  {values}")
+    report("priors", results)
 
 
 if __name__ == "__main__":
