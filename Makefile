@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/ebmflow sample --config conf/demo.yaml --ckpt_path $(DEMO_CKPT) --out runs/demo/samples
 	@echo
 	@echo "Demo finished. Results:"
-	@echo "  samples     runs/demo/samples/samples.png, discrete_columns.png (Fig. 3), samples.npz"
-	@echo "  metrics     runs/demo/metrics.csv (test bits/dim in the table above)"
+	@echo "  samples     runs/demo/samples/samples.png, discrete_columns.png (Fig. 3), samples.npz, *_epoch=N.png"
+	@echo "  metrics     runs/demo/metrics.csv (val bits/dim, val/code_nmi; test bits/dim in the table above)"
 	@echo "  checkpoint  $(DEMO_CKPT)"
 	@echo "  config      runs/demo/config.yaml"
 

@@ -1,0 +1,72 @@
+"""The measurement callbacks inside real Trainer runs on the digits."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from ebmflow.callbacks import CodeNMI, LogPartitionEstimate, SampleGrids, code_nmi
+from ebmflow.data import DigitsDataModule
+from priors import GaussianPrior, RBMPrior
+from tests.ebmflow.test_training import tiny_model, trainer
+
+
+def test_code_nmi_is_one_for_class_codes_and_zero_for_random_ones() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 60)
+    patterns = rng.random((10, 32)) < 0.5
+    decided = np.where(patterns[labels], 0.95, 0.05) + rng.normal(0, 0.02, (600, 32))
+    assert code_nmi(decided, labels) > 0.97
+    assert code_nmi(rng.random((600, 32)), labels) < 0.1
+
+
+def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> None:
+    prior = RBMPrior(64, n_visible=52, gibbs_steps=3, num_chains=8, exact_max_units=0)  # n_h = 12: enumerable
+    model = tiny_model(prior)
+    run = trainer(
+        tmp_path, max_epochs=2, limit_train_batches=5, callbacks=[LogPartitionEstimate(steps=400, chains=400)]
+    )
+    run.fit(model, DigitsDataModule(batch_size=64))
+    assert not prior.log_partition_is_exact
+    exact, _ = prior.estimate_log_partition(method="exact")
+    logged, stderr = run.callback_metrics["ais/log_z_s"].item(), run.callback_metrics["ais/stderr"].item()
+    assert abs(logged - exact.item()) <= max(3 * stderr, 1e-3) and abs(logged - exact.item()) < 0.1
+    assert run.callback_metrics["ais/seconds"].item() > 0
+
+
+def test_sample_grids_are_written_and_leave_training_untouched(tmp_path: Path) -> None:
+    def fit(callbacks, root):
+        L.seed_everything(0)
+        model = tiny_model()
+        run = trainer(root, max_epochs=2, limit_train_batches=3, callbacks=callbacks)
+        run.fit(model, DigitsDataModule(batch_size=64))
+        return model
+
+    with_grids = fit([SampleGrids(num_samples=16, columns=8)], tmp_path / "a")
+    without = fit([], tmp_path / "b")
+    for a, b in zip(with_grids.state_dict().values(), without.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    folder = tmp_path / "a" / "samples"
+    names = sorted(p.name for p in folder.glob("*.png"))
+    assert names == [f"{kind}_epoch={e:04d}.png" for kind in ("discrete_columns", "samples") for e in (0, 1)]
+    assert Image.open(folder / "samples_epoch=0001.png").size == (8 * 10 + 2, 2 * 10 + 2)
+
+
+def test_callbacks_skip_fast_dev_run_and_continuous_priors(tmp_path: Path) -> None:
+    run = trainer(tmp_path, fast_dev_run=True, callbacks=[SampleGrids(), CodeNMI(), LogPartitionEstimate()])
+    run.fit(tiny_model(), DigitsDataModule(batch_size=64))
+    assert not (tmp_path / "samples").exists()
+    assert "val/code_nmi" not in run.callback_metrics and "ais/log_z_s" not in run.callback_metrics
+    run = trainer(tmp_path / "g", max_epochs=1, limit_train_batches=2, callbacks=[CodeNMI()])
+    run.fit(tiny_model(GaussianPrior(64)), DigitsDataModule(batch_size=64))
+    assert "val/code_nmi" not in run.callback_metrics
+
+
+def test_code_nmi_callback_logs_a_score(tmp_path: Path) -> None:
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=3, callbacks=[CodeNMI()])
+    run.fit(tiny_model(), DigitsDataModule(batch_size=64))
+    nmi = run.callback_metrics["val/code_nmi"].item()
+    assert math.isfinite(nmi) and 0 <= nmi <= 1
