@@ -1,5 +1,6 @@
-"""Callbacks that measure what the paper claims: a fresh log Z for the reported likelihood, samples
-(and the Fig. 3 grid) to look at, and how much class information the discrete codes carry.
+"""Callbacks that measure what the paper claims: a fresh log Z for the reported likelihood, sample
+quality (FID, IS), samples (and the Fig. 3 grid) to look at, and how much class information the
+discrete codes carry.
 
 Each is configured like any Lightning callback (``--trainer.callbacks+=ebmflow.callbacks.SampleGrids``),
 works under DDP (the work runs on rank 0; log Z is broadcast) and does nothing in ``fast_dev_run``
@@ -9,6 +10,8 @@ unless ``in_fast_dev_run`` is set.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -17,11 +20,28 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 from torchvision.utils import make_grid, save_image
 
+from ebmflow.classifier import CLASSIFIER_SHAPES, ClassifierFeatures, ClassifierLogits, load_shipped
 from priors import DiscretePrior
 
-__all__ = ["CodeNMI", "LogPartitionEstimate", "SampleGrids", "code_nmi"]
+__all__ = [
+    "CodeNMI",
+    "LogPartitionEstimate",
+    "SampleGrids",
+    "SampleQuality",
+    "build_quality_metrics",
+    "code_nmi",
+]
+
+INCEPTION_HELP = (
+    "the Inception weights for FID/IS could not be loaded ({error}). They download on first use; on a "
+    "machine without network, copy torch-fidelity's weights-inception-2015-12-05-6726825d.pth into "
+    "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), or use a feature network that "
+    "ships with ebmflow: SampleQuality(feature=...) with one of {shipped}"
+)
 
 
 class _EveryNEpochs(L.Callback):
@@ -69,6 +89,96 @@ class LogPartitionEstimate(_EveryNEpochs):
         pl_module.log_dict({"ais/log_z_s": values[0], "ais/stderr": values[1], "ais/seconds": values[2]})
 
 
+@contextmanager
+def _fixed_noise(seed: int) -> Iterator[None]:
+    """Draw samples from a fixed seed without moving the training random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_quality_metrics(feature: str) -> tuple[FrechetInceptionDistance, InceptionScore]:
+    """FID and IS on ``feature`` = "inception" or a shipped classifier ("digits", "mnist",
+    "fashion_mnist"); fails at once, with what to do, when the Inception weights cannot be had."""
+    if feature == "inception":
+        try:
+            return FrechetInceptionDistance(feature=2048, reset_real_features=False), InceptionScore()
+        except Exception as error:  # torch-fidelity raises URLError, HTTPError, OSError, ... offline
+            raise RuntimeError(
+                INCEPTION_HELP.format(error=error, shipped=sorted(CLASSIFIER_SHAPES))
+            ) from error
+    if feature not in CLASSIFIER_SHAPES:
+        raise ValueError(
+            f'feature must be "inception" or one of {sorted(CLASSIFIER_SHAPES)}, got {feature!r}'
+        )
+    classifier = load_shipped(feature)
+    fid = FrechetInceptionDistance(
+        feature=ClassifierFeatures(classifier),
+        input_img_size=CLASSIFIER_SHAPES[feature],
+        reset_real_features=False,
+    )
+    return fid, InceptionScore(feature=ClassifierLogits(classifier))
+
+
+class SampleQuality(_EveryNEpochs):
+    """FID against the test split and Inception Score of ``num_samples`` generated images, after
+    validation (``val/fid``, ``val/is``, ``val/is_std``). The feature network is built at setup, so a
+    missing Inception download fails before training. Samples are drawn in batches on the module's
+    device, split over ranks; torchmetrics synchronises the statistics.
+
+    Args:
+        feature: "inception" (RGB data; weights download on first use) or "digits", "mnist",
+            "fashion_mnist" (classifiers shipped with ebmflow; see ebmflow/weights).
+        num_samples: generated images per evaluation (paper: 10,000).
+        batch_size: images generated at a time.
+        temperature: sampling temperature.
+        every_n_epochs, in_fast_dev_run: as for the other callbacks.
+    """
+
+    def __init__(
+        self,
+        feature: str = "inception",
+        num_samples: int = 10_000,
+        batch_size: int = 500,
+        temperature: float = 1.0,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        in_fast_dev_run: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, in_fast_dev_run)
+        self.feature, self.num_samples, self.batch_size = feature, num_samples, batch_size
+        self.temperature, self.seed = temperature, seed
+        self.fid, self.inception_score = build_quality_metrics(feature)
+        self._has_real = False
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (
+            images.expand(-1, 3, -1, -1) if self.feature == "inception" and images.shape[1] == 1 else images
+        )
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        fid = self.fid.to(pl_module.device)
+        inception_score = self.inception_score.to(pl_module.device)
+        if not self._has_real:
+            trainer.datamodule.setup("test")
+            for images, _ in trainer.datamodule.test_dataloader():
+                fid.update(self._prepare(images.to(pl_module.device)), real=True)
+            self._has_real = True
+        remaining = -(-self.num_samples // trainer.world_size)
+        with _fixed_noise(self.seed + trainer.global_rank):
+            while remaining > 0:
+                images = self._prepare(pl_module.sample(min(self.batch_size, remaining), self.temperature))
+                fid.update(images, real=False)
+                inception_score.update(images)
+                remaining -= len(images)
+        score, spread = inception_score.compute()
+        pl_module.log_dict({"val/fid": fid.compute(), "val/is": score, "val/is_std": spread})
+        fid.reset()
+        inception_score.reset()
+
+
 class SampleGrids(_EveryNEpochs):
     """A grid of samples and, for discrete priors, the paper's Fig. 3 grid (each column one discrete s)
     after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``.
@@ -91,14 +201,12 @@ class SampleGrids(_EveryNEpochs):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer) or not trainer.is_global_zero:
             return
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.seed)
+        with _fixed_noise(self.seed):
             grids = {"samples": pl_module.sample(self.num_samples, self.temperature)}
             if isinstance(pl_module.prior, DiscretePrior):
                 rows = max(self.num_samples // self.columns, 1)
-                grids["discrete_columns"] = pl_module.sample_columns(
-                    self.columns, rows, self.temperature
-                ).flatten(0, 1)
+                columns = pl_module.sample_columns(self.columns, rows, self.temperature)
+                grids["discrete_columns"] = columns.flatten(0, 1)
         for name, images in grids.items():
             grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
             if isinstance(trainer.logger, WandbLogger):

@@ -5,10 +5,18 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from ebmflow.callbacks import CodeNMI, LogPartitionEstimate, SampleGrids, code_nmi
+from ebmflow.callbacks import (
+    CodeNMI,
+    LogPartitionEstimate,
+    SampleGrids,
+    SampleQuality,
+    build_quality_metrics,
+    code_nmi,
+)
 from ebmflow.data import DigitsDataModule
 from priors import GaussianPrior, RBMPrior
 from tests.ebmflow.test_training import tiny_model, trainer
@@ -70,3 +78,38 @@ def test_code_nmi_callback_logs_a_score(tmp_path: Path) -> None:
     run.fit(tiny_model(), DigitsDataModule(batch_size=64))
     nmi = run.callback_metrics["val/code_nmi"].item()
     assert math.isfinite(nmi) and 0 <= nmi <= 1
+
+
+def digits_test_images() -> torch.Tensor:
+    data = DigitsDataModule()
+    data.setup("test")
+    return torch.stack([data.test_set[i][0] for i in range(len(data.test_set))])
+
+
+def test_fid_and_is_with_the_shipped_digits_classifier() -> None:
+    images = digits_test_images()
+    fid, inception_score = build_quality_metrics("digits")
+    fid.update(images, real=True)
+    fid.update(images, real=False)
+    assert abs(fid.compute().item()) < 1e-3  # the test split against itself
+    fid.reset()
+    fid.update(torch.randint(0, 256, images.shape, dtype=torch.uint8), real=False)
+    assert fid.compute().item() > 10  # against noise
+    inception_score.update(images)
+    score, _ = inception_score.compute()
+    assert 8.5 < score.item() <= 10  # a 98.6 %-accurate classifier on ten balanced classes
+
+
+def test_missing_inception_weights_fail_at_construction(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # no network, even where there is one
+    with pytest.raises(RuntimeError, match="hub/checkpoints"):
+        SampleQuality(feature="inception")
+
+
+def test_sample_quality_callback_in_a_fit(tmp_path: Path) -> None:
+    callback = SampleQuality(feature="digits", num_samples=100, batch_size=40)
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[callback])
+    run.fit(tiny_model(), DigitsDataModule(batch_size=64))
+    fid, score = run.callback_metrics["val/fid"].item(), run.callback_metrics["val/is"].item()
+    assert math.isfinite(fid) and fid > 0 and 1 <= score <= 10
