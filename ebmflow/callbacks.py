@@ -148,7 +148,8 @@ class SampleQuality(_EveryNEpochs):
         super().__init__(every_n_epochs, in_fast_dev_run)
         self.feature, self.num_samples, self.batch_size = feature, num_samples, batch_size
         self.temperature, self.seed = temperature, seed
-        self.fid, self.inception_score = build_quality_metrics(feature)
+        with torch.random.fork_rng(devices=[]):  # building InceptionScore draws a dummy image
+            self.fid, self.inception_score = build_quality_metrics(feature)
         self._has_real = False
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,19 +162,19 @@ class SampleQuality(_EveryNEpochs):
             return
         fid = self.fid.to(pl_module.device)
         inception_score = self.inception_score.to(pl_module.device)
-        if not self._has_real:
-            trainer.datamodule.setup("test")
-            for images, _ in trainer.datamodule.test_dataloader():
-                fid.update(self._prepare(images.to(pl_module.device)), real=True)
-            self._has_real = True
         remaining = -(-self.num_samples // trainer.world_size)
-        with _fixed_noise(self.seed + trainer.global_rank):
+        with _fixed_noise(self.seed + trainer.global_rank):  # loaders, samples and IS draw random numbers
+            if not self._has_real:
+                trainer.datamodule.setup("test")
+                for images, _ in trainer.datamodule.test_dataloader():
+                    fid.update(self._prepare(images.to(pl_module.device)), real=True)
+                self._has_real = True
             while remaining > 0:
                 images = self._prepare(pl_module.sample(min(self.batch_size, remaining), self.temperature))
                 fid.update(images, real=False)
                 inception_score.update(images)
                 remaining -= len(images)
-        score, spread = inception_score.compute()
+            score, spread = inception_score.compute()  # draws a random split of the samples
         pl_module.log_dict({"val/fid": fid.compute(), "val/is": score, "val/is_std": spread})
         fid.reset()
         inception_score.reset()

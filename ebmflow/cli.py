@@ -19,6 +19,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from torchvision.utils import save_image
 
+from ebmflow import report
 from ebmflow.checkpoints import CheckpointError, read_checkpoint
 from ebmflow.data import ImageDataModule
 from ebmflow.module import EBMFlow
@@ -140,7 +141,17 @@ class EBMFlowCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
+DESCRIPTION = (
+    "Flow++ with energy-based priors (RBM-Flow, D-Flow). "
+    "Tables and curves of finished runs: ebmflow report RUN_DIR [RUN_DIR ...] --out DIR"
+)
+
+
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["report"]:
+        report.main(argv[1:])
+        return
     # Sharp mixture components drive exp() into the subnormal range, where CPU arithmetic is up to
     # ~40x slower; flushing subnormals to zero changes nothing at the precision the flow works in.
     torch.set_flush_denormal(True)
@@ -153,7 +164,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             save_config_callback=LoggedConfig,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": "Flow++ with energy-based priors (RBM-Flow, D-Flow)."},
+            parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
     except CheckpointError as error:

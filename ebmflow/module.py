@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning as L
 import torch
@@ -82,6 +83,8 @@ class EBMFlow(L.LightningModule):
         self.nonfinite = nonfinite
         self.dims = dims
         self.skipped_batches = 0
+        self.wall_seconds = 0.0  # training time, carried across resumes
+        self._test_bpd: list[Tensor] = []
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -98,6 +101,8 @@ class EBMFlow(L.LightningModule):
             strategy._ddp_kwargs["broadcast_buffers"] = False
 
     def on_fit_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
             # and its own PCD chains; seed_everything gives them all the same one.
@@ -165,11 +170,19 @@ class EBMFlow(L.LightningModule):
             "set --model.nonfinite skip to skip such batches."
         )
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.wall_seconds += time.perf_counter() - self._epoch_start
+        self.log("train/wall_seconds", self.wall_seconds)
+
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images = batch[0]
-        metrics = {
-            f"{stage}/bpd_uniform": self.bits_per_dim(self.log_likelihood(images, self.uniform)).mean()
-        }
+        bpd = self.bits_per_dim(self.log_likelihood(images, self.uniform))
+        if stage == "test":
+            self._test_bpd.append(bpd)
+        metrics = {f"{stage}/bpd_uniform": bpd.mean()}
         if not isinstance(self.dequantizer, UniformDequantizer):
             bound = self.log_likelihood(images, self.dequantizer)
             metrics[f"{stage}/bpd_variational"] = self.bits_per_dim(bound).mean()
@@ -188,6 +201,11 @@ class EBMFlow(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         if isinstance(self.prior, DiscretePrior) and self.prior.log_partition_is_exact:
             self.prior.estimate_log_partition()  # exact and cheap: keeps train/objective's log Z current
+
+    def on_test_epoch_end(self) -> None:
+        bpd = self.all_gather(torch.cat(self._test_bpd)).flatten()
+        self._test_bpd = []
+        self.log("test/bpd_uniform_stderr", bpd.std() / math.sqrt(len(bpd)))
 
     def on_test_epoch_start(self) -> None:
         if isinstance(self.prior, DiscretePrior) and not self.prior.log_partition_is_exact:
@@ -241,6 +259,7 @@ class EBMFlow(L.LightningModule):
                 checkpoint["state_dict"]["prior.chains"] = self.all_gather(chains).cpu()
         checkpoint["ebmflow_rng"] = state
         checkpoint["ebmflow_skipped_batches"] = self.skipped_batches
+        checkpoint["ebmflow_wall_seconds"] = self.wall_seconds
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rank = self.global_rank
@@ -251,8 +270,10 @@ class EBMFlow(L.LightningModule):
         if rng is not None:
             self._rng_to_restore = rng[rank % rng.shape[0]] if rng.dim() == 2 else rng
         self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
+        self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
 
     def on_train_start(self) -> None:
+        self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
         # Restored here, after any sanity-check validation, which draws random numbers too.
         rng = getattr(self, "_rng_to_restore", None)
         if rng is not None:

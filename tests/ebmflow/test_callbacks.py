@@ -45,16 +45,25 @@ def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> Non
     assert run.callback_metrics["ais/seconds"].item() > 0
 
 
-def test_sample_grids_are_written_and_leave_training_untouched(tmp_path: Path) -> None:
-    def fit(callbacks, root):
+def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path) -> None:
+    """Built after seeding (as the CLI does) and run every epoch, the callbacks change no parameter."""
+
+    def fit(measure: bool, root: Path):
         L.seed_everything(0)
+        callbacks = []
+        if measure:
+            callbacks = [
+                SampleGrids(num_samples=16, columns=8),
+                SampleQuality("digits", num_samples=50),
+                CodeNMI(),
+            ]
         model = tiny_model()
         run = trainer(root, max_epochs=2, limit_train_batches=3, callbacks=callbacks)
         run.fit(model, DigitsDataModule(batch_size=64))
         return model
 
-    with_grids = fit([SampleGrids(num_samples=16, columns=8)], tmp_path / "a")
-    without = fit([], tmp_path / "b")
+    with_grids = fit(True, tmp_path / "a")
+    without = fit(False, tmp_path / "b")
     for a, b in zip(with_grids.state_dict().values(), without.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     folder = tmp_path / "a" / "samples"
