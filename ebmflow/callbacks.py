@@ -122,7 +122,7 @@ def build_quality_metrics(feature: str) -> tuple[FrechetInceptionDistance, Incep
 
 class SampleQuality(_EveryNEpochs):
     """FID against the test split and Inception Score of ``num_samples`` generated images, after
-    validation (``val/fid``, ``val/is``, ``val/is_std``). The feature network is built at setup, so a
+    validation (``val/fid``, ``val/is``, ``val/is_std``). The feature network is built with the callback, so a
     missing Inception download fails before training. Samples are drawn in batches on the module's
     device, split over ranks; torchmetrics synchronises the statistics.
 
