@@ -32,7 +32,7 @@ class BernoulliPrior(SmoothedSpinPrior):
     def precision(self) -> SmoothedPrecision:
         return SmoothedPrecision.factor(self.delta, self.delta.new_zeros(self.dim, 0))
 
-    def log_partition_spins(self) -> Tensor:
+    def log_partition_spins(self, precision: SmoothedPrecision | None = None) -> Tensor:
         return log_2cosh(self.bias).sum()
 
     def _sample_discrete(self, n: int) -> Tensor:

@@ -93,9 +93,11 @@ class RBMPrior(SmoothedSpinPrior):
     def _biases(self) -> tuple[Tensor, Tensor]:
         return self.bias[: self.n_visible], self.bias[self.n_visible :]
 
-    def log_partition_spins(self) -> Tensor:
+    def log_partition_spins(self, precision: SmoothedPrecision) -> Tensor:
+        # The same W as the energy's: building the precision again would repeat the factorisation
+        # and, in training, advance the power iteration between the two.
         if self.log_partition_is_exact:
-            return exact_log_partition(self.coupling().weight, *self._biases())
+            return exact_log_partition(precision.weight, *self._biases())
         return self.log_z_estimate
 
     def _gibbs(self, s_v: Tensor, weight: Tensor, steps: int) -> Tensor:

@@ -39,8 +39,9 @@ class SmoothedSpinPrior(DiscretePrior):
         """The current J̃ in factored form."""
 
     @abc.abstractmethod
-    def log_partition_spins(self) -> Tensor:
-        """log Z_s: exact (and differentiable) or the latest estimate."""
+    def log_partition_spins(self, precision: SmoothedPrecision) -> Tensor:
+        """log Z_s of the spin model whose couplings ``precision`` holds: exact (and differentiable)
+        or the latest estimate."""
 
     def energy(self, z: Tensor, precision: SmoothedPrecision) -> Tensor:
         """z: (batch, N) -> E(z): (batch,)."""
@@ -51,7 +52,7 @@ class SmoothedSpinPrior(DiscretePrior):
         """log Z_z, the normaliser of exp(−E(z))."""
         n = self.dim
         return (
-            self.log_partition_spins()
+            self.log_partition_spins(precision)
             + 0.5 * n * LOG_2PI
             - 0.5 * precision.logdet()
             + 0.5 * n * precision.delta
