@@ -22,13 +22,13 @@ DEMO_CKPT := runs/demo/checkpoints/last.ckpt
 
 demo: $(STAMP)
 	$(VENV)/bin/ebmflow fit --config conf/demo.yaml
-	$(VENV)/bin/ebmflow test --config conf/demo.yaml --ckpt_path $(DEMO_CKPT) --trainer.logger false
+	$(VENV)/bin/ebmflow test --config conf/demo.yaml --ckpt_path $(DEMO_CKPT)
 	$(VENV)/bin/ebmflow sample --config conf/demo.yaml --ckpt_path $(DEMO_CKPT) --out runs/demo/samples
 	$(VENV)/bin/ebmflow report runs/demo --out runs/demo/report
 	@echo
 	@echo "Demo finished. Results:"
 	@echo "  samples     runs/demo/samples/samples.png, discrete_columns.png (Fig. 3), samples.npz, *_epoch=N.png"
-	@echo "  metrics     runs/demo/metrics.csv (val bits/dim, FID, IS, code NMI; test bits/dim in the table above)"
+	@echo "  metrics     runs/demo/metrics.csv (val bits/dim, FID, IS, code NMI per epoch; test bits/dim and log Z at the end)"
 	@echo "  report      runs/demo/report/table.md, curves.png"
 	@echo "  checkpoint  $(DEMO_CKPT)"
 	@echo "  config      runs/demo/config.yaml"

@@ -1,14 +1,49 @@
-"""Weights & Biases logging that never prompts: offline unless an API key is configured."""
+"""Loggers for runs that are resumed and tested in the directory they trained in: a CSV logger that
+appends instead of deleting, and Weights & Biases logging that never prompts (offline unless an API key
+is configured)."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-__all__ = ["WandbLogger", "wandb_api_key_configured"]
+__all__ = ["CSVLogger", "WandbLogger", "wandb_api_key_configured"]
+
+
+class _AppendingWriter(_LightningExperimentWriter):
+    """Lightning's writer deletes an existing metrics.csv when it opens the directory. This one keeps
+    it and continues it, with the existing header, so new columns rewrite the file with every old row."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = sorted(csv.DictReader(handle).fieldnames or [])
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger, except that a run directory's metrics.csv is continued, not replaced.
+
+    With a fixed ``version`` (the configs in conf/ log straight into the run directory), Lightning's
+    logger deletes the training log when ``ebmflow test`` or a resumed ``ebmflow fit`` opens the same
+    directory. This one appends: the test metrics join the training curves, and a resumed run continues
+    its log. Rows logged after the last checkpoint of an interrupted run stay in the file; readers that
+    key by epoch (``ebmflow report``) take the latest value.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def wandb_api_key_configured() -> bool:

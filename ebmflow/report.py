@@ -5,7 +5,9 @@ epoch, one line per run) from run directories, offline, from their CSV logs.
         --out report
 
 A run directory holds the CSVLogger's ``metrics.csv`` and ``hparams.yaml`` and LightningCLI's
-``config.yaml`` (the layout of the configs in conf/).
+``config.yaml`` (the layout of the configs in conf/). The bits/dim column is the test split's (with its
+standard error) once ``ebmflow test`` has logged into the run directory, the last validation value
+before that.
 """
 
 from __future__ import annotations

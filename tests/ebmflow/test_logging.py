@@ -1,5 +1,7 @@
-"""W&B without an API key: an offline run that never prompts, with the metrics and the config."""
+"""Logging: the CSV log of a run directory survives `ebmflow test` in that directory, and W&B without
+an API key is an offline run that never prompts, with the metrics and the config."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -7,9 +9,42 @@ from pathlib import Path
 
 import yaml
 
+from ebmflow.cli import main
+from ebmflow.report import read_run
 from tests.ebmflow.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_log_continues_through_test(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer = {**TINY["trainer"], "default_root_dir": str(run_dir), "log_every_n_steps": 1}
+    trainer["logger"] = {
+        "class_path": "ebmflow.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+    }
+    config = tmp_path / "csv.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "trainer": trainer}))
+    main(["fit", "--config", str(config)])
+    metrics = run_dir / "metrics.csv"
+    trained = read_rows(metrics)
+    assert sum(bool(row["train/objective"]) for row in trained) == 4
+
+    (ckpt,) = (run_dir / "checkpoints").glob("*.ckpt")
+    main(["test", "--config", str(config), "--ckpt_path", str(ckpt)])
+    rows = read_rows(metrics)
+    # Every training row is kept, value for value; the test row adds its columns.
+    assert [{k: row[k] for k in trained[0]} for row in rows[: len(trained)]] == trained
+    (tested,) = rows[len(trained) :]
+    assert float(tested["test/bpd_uniform"]) > 0 and float(tested["test/bpd_uniform_stderr"]) > 0
+    row = read_run(run_dir)["row"]
+    assert row["bits/dim"] == float(tested["test/bpd_uniform"])
+    assert row["epochs"] == 1
 
 
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
