@@ -1,8 +1,9 @@
 """``ebmflow report``: the paper's Table 1 (Markdown and CSV) and Fig. 1 (bits/dim, FID and IS against
-epoch, one line per run) from run directories, offline, from their CSV logs.
+epoch, one line per run) from run directories' CSV logs (offline) or from a W&B group (online).
 
     ebmflow report runs/cifar10/rbm runs/cifar10/bernoulli runs/cifar10/multicov runs/cifar10/gaussian \
         --out report
+    ebmflow report --wandb-group ENTITY/ebmflow/cifar10-ablation --out report   # online
 
 A run directory holds the CSVLogger's ``metrics.csv`` and ``hparams.yaml`` and LightningCLI's
 ``config.yaml`` (the layout of the configs in conf/). The bits/dim column is the test split's (with its
@@ -23,7 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
-__all__ = ["main", "read_run", "write_report"]
+from ebmflow.loggers import wandb_api_key_configured
+
+__all__ = ["main", "read_run", "read_wandb_group", "summarise", "write_report"]
 
 NAMES = {
     "RBMPrior": "RBM-Flow",
@@ -46,33 +49,37 @@ COLUMNS = (
 CURVES = (("val/bpd_uniform", "bits/dim"), ("val/fid", "FID"), ("val/is", "Inception Score"))
 
 
-def read_run(folder: str | Path) -> dict:
-    """One row of the table and the run's per-epoch curves."""
-    folder = Path(folder)
-    metrics_path = folder / "metrics.csv"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} is missing: pass the run directory that holds metrics.csv")
-    with metrics_path.open() as handle:
-        rows = list(csv.DictReader(handle))
+def _number(value: object) -> float | None:
+    """A logged cell as a float; None for an empty cell ("", None, NaN) or a non-number (a W&B image)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) -> dict:
+    """One row of the table and the per-epoch curves from a run's logged rows (dicts holding "epoch"
+    and metric values). Later rows win, so the test split's numbers, logged last, fill the bits/dim
+    column when they are there."""
     last: dict[str, float] = {}
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
+    epochs = 0
     for row in rows:
+        epoch = _number(row.get("epoch"))
+        if epoch is None:
+            continue
+        epochs = max(epochs, int(epoch) + 1)
         for key, value in row.items():
-            if value not in ("", None) and key not in ("epoch", "step"):
-                last[key] = float(value)
-                if key in curves:
-                    curves[key][int(row["epoch"])] = float(value)
-    config = (
-        yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-    )
-    prior = config.get("model", {}).get("prior", {}).get("class_path", "").rsplit(".", 1)[-1]
-    hparams = (
-        yaml.safe_load((folder / "hparams.yaml").read_text()) if (folder / "hparams.yaml").is_file() else {}
-    )
-    epochs = max((int(r["epoch"]) for r in rows if r.get("epoch") not in ("", None)), default=-1) + 1
+            number = _number(value)
+            if key in ("epoch", "step") or number is None:
+                continue
+            last[key] = number
+            if key in curves:
+                curves[key][int(epoch)] = number
     tested = "test/bpd_uniform" in last
     row = {
-        "model": NAMES.get(prior, prior or folder.name),
+        "model": NAMES.get(prior, prior or name),
         "epochs": epochs,
         "bits/dim": last.get("test/bpd_uniform" if tested else "val/bpd_uniform", math.nan),
         "bits/dim error": last.get("test/bpd_uniform_stderr", math.nan) if tested else math.nan,
@@ -80,10 +87,66 @@ def read_run(folder: str | Path) -> dict:
         "IS std": last.get("val/is_std", math.nan),
         "FID": last.get("val/fid", math.nan),
         "NMI": last.get("val/code_nmi", math.nan),
-        "parameters": (hparams or {}).get("num_parameters", math.nan),
+        "parameters": num_parameters,
         "wall seconds": last.get("train/wall_seconds", math.nan),
     }
     return {"row": row, "curves": {k: sorted(v.items()) for k, v in curves.items()}}
+
+
+def _prior_name(config: dict | None) -> str:
+    return (config or {}).get("model", {}).get("prior", {}).get("class_path", "").rsplit(".", 1)[-1]
+
+
+def read_run(folder: str | Path) -> dict:
+    """A run directory (metrics.csv, config.yaml, hparams.yaml) summarised: see ``summarise``."""
+    folder = Path(folder)
+    metrics_path = folder / "metrics.csv"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} is missing: pass the run directory that holds metrics.csv")
+    with metrics_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+
+    def load(name: str) -> dict:
+        path = folder / name
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    return summarise(
+        folder.name,
+        rows,
+        _prior_name(load("config.yaml")),
+        load("hparams.yaml").get("num_parameters", math.nan),
+    )
+
+
+def read_wandb_group(path: str, api: object | None = None) -> list[dict]:
+    """The runs of a W&B group, ``ENTITY/PROJECT/GROUP``, summarised: see ``summarise``. Runs that share
+    a name (``ebmflow fit`` and then ``ebmflow test`` of one model) are one row, their histories joined
+    in creation order. ``api`` defaults to ``wandb.Api()``, which needs the network and an API key."""
+    entity_project, _, group = path.rpartition("/")
+    if entity_project.count("/") != 1 or not group:
+        raise ValueError(f"a W&B group is ENTITY/PROJECT/GROUP, got {path!r}")
+    if api is None:
+        if not wandb_api_key_configured():
+            raise RuntimeError(
+                "reading a W&B group needs an API key (`wandb login` or WANDB_API_KEY); offline, pass the "
+                "run directories (their metrics.csv) instead"
+            )
+        import wandb
+
+        api = wandb.Api()
+    by_name: dict[str, list] = {}
+    for run in sorted(api.runs(entity_project, filters={"group": group}), key=lambda r: r.created_at):
+        by_name.setdefault(run.name, []).append(run)
+    if not by_name:
+        raise ValueError(f"W&B group {path!r} has no runs")
+    summaries = []
+    for name, runs in by_name.items():
+        rows = [row for run in runs for row in run.scan_history()]
+        config = {key: value for run in runs for key, value in dict(run.config).items()}
+        summaries.append(
+            summarise(name, rows, _prior_name(config.get("config")), config.get("num_parameters", math.nan))
+        )
+    return summaries
 
 
 def _cell(value: float, digits: int, error: float = math.nan) -> str:
@@ -115,9 +178,8 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(folders: list[str | Path], out: str | Path) -> list[Path]:
-    """Write table.md, table.csv and curves.png into ``out``; returns their paths."""
-    runs = [read_run(f) for f in folders]
+def write_report(runs: list[dict], out: str | Path) -> list[Path]:
+    """Write table.md, table.csv and curves.png of summarised runs into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [run["row"] for run in runs]
@@ -144,8 +206,14 @@ def write_report(folders: list[str | Path], out: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ebmflow report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (each with metrics.csv)")
+    parser.add_argument("runs", nargs="*", help="run directories (each with metrics.csv)")
+    parser.add_argument("--wandb-group", metavar="ENTITY/PROJECT/GROUP", help="a W&B group's runs (online)")
     parser.add_argument("--out", default="report", help="output folder")
     args = parser.parse_args(argv)
-    for path in write_report(args.runs, args.out):
+    if not args.runs and not args.wandb_group:
+        parser.error("give run directories, --wandb-group ENTITY/PROJECT/GROUP, or both")
+    runs = [read_run(folder) for folder in args.runs]
+    if args.wandb_group:
+        runs += read_wandb_group(args.wandb_group)
+    for path in write_report(runs, args.out):
         print(f"wrote {path}")

@@ -34,15 +34,27 @@ def test_code_nmi_is_one_for_class_codes_and_zero_for_random_ones() -> None:
 def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> None:
     prior = RBMPrior(64, n_visible=52, gibbs_steps=3, num_chains=8, exact_max_units=0)  # n_h = 12: enumerable
     model = tiny_model(prior)
-    run = trainer(
-        tmp_path, max_epochs=2, limit_train_batches=5, callbacks=[LogPartitionEstimate(steps=400, chains=400)]
-    )
-    run.fit(model, DigitsDataModule(batch_size=64))
+    callback = LogPartitionEstimate(steps=400, chains=400, test_batches=3, seed=5)
+    run = trainer(tmp_path, max_epochs=2, limit_train_batches=5, callbacks=[callback])
+    data = DigitsDataModule(batch_size=64)
+    run.fit(model, data)
     assert not prior.log_partition_is_exact
     exact, _ = prior.estimate_log_partition(method="exact")
     logged, stderr = run.callback_metrics["ais/log_z_s"].item(), run.callback_metrics["ais/stderr"].item()
     assert abs(logged - exact.item()) <= max(3 * stderr, 1e-3) and abs(logged - exact.item()) < 0.1
     assert run.callback_metrics["ais/seconds"].item() > 0
+
+    # The test bits/dim: the first 3 test batches, dequantized with the callback's seed, under the AIS
+    # estimate (still in the prior's buffer); the exact log Z moves it by (exact - AIS) / (D ln 2).
+    model.eval()
+    prior.log_z_estimate.fill_(logged)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(5)
+        batches = list(data.test_dataloader())[:3]
+        bpd = [model.bits_per_dim(model.log_likelihood(x, model.uniform)) for x, _ in batches]
+        expected = torch.cat(bpd).double().mean()
+    assert sum(map(len, bpd)) == 3 * 64
+    assert run.callback_metrics["ais/test_bpd"].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path) -> None:

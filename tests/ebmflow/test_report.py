@@ -1,8 +1,13 @@
-"""`ebmflow report` from hand-made logs: the table is reproduced exactly."""
+"""`ebmflow report` from hand-made logs: the table is reproduced exactly, from run directories and from
+the same logs in a W&B group."""
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from ebmflow import report
 from ebmflow.cli import main
 
 METRICS = {
@@ -34,17 +39,83 @@ def make_run(root: Path, name: str) -> Path:
     return folder
 
 
+TABLE = (
+    "| model | epochs | bits/dim | IS | FID | NMI | parameters | wall time |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    "| RBM-Flow | 3 | 3.180 ± 0.010 | 4.40 ± 0.10 | 105.0 | 0.520 | 31,420,584 | 1.00 h |\n"
+    "| Gaussian-Flow | 1 | 3.300 | 3.00 ± 0.20 | 130.0 | – | 31,445,192 | 0.42 h |\n"
+)
+
+
 def test_report_reproduces_the_table(tmp_path: Path) -> None:
     runs = [make_run(tmp_path, "rbm"), make_run(tmp_path, "gaussian")]
     main(["report", *map(str, runs), "--out", str(tmp_path / "report")])
-    assert (tmp_path / "report" / "table.md").read_text() == (
-        "| model | epochs | bits/dim | IS | FID | NMI | parameters | wall time |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        "| RBM-Flow | 3 | 3.180 ± 0.010 | 4.40 ± 0.10 | 105.0 | 0.520 | 31,420,584 | 1.00 h |\n"
-        "| Gaussian-Flow | 1 | 3.300 | 3.00 ± 0.20 | 130.0 | – | 31,445,192 | 0.42 h |\n"
-    )
+    assert (tmp_path / "report" / "table.md").read_text() == TABLE
     with (tmp_path / "report" / "table.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["model"] == "RBM-Flow" and float(rows[0]["bits/dim"]) == 3.18 and rows[0]["epochs"] == "3"
     assert rows[1]["NMI"] == "nan" and float(rows[1]["wall seconds"]) == 1500.0
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+@dataclass
+class FakeRun:
+    """What report reads of a W&B public-API run (the API itself needs the network)."""
+
+    name: str
+    created_at: str
+    config: dict
+    history: list[dict] = field(default_factory=list)
+
+    def scan_history(self) -> list[dict]:
+        return self.history
+
+
+class FakeApi:
+    def __init__(self, runs: dict[str, list[FakeRun]]) -> None:
+        self.projects = runs
+
+    def runs(self, path: str, filters: dict) -> list[FakeRun]:
+        return [run for run in self.projects[path] if run.config["group"] == filters["group"]]
+
+
+def wandb_history(name: str) -> list[dict]:
+    """The hand-made CSV rows as W&B keeps them: only the keys logged at a step, numbers as floats."""
+    header, *lines = METRICS[name]
+    keys = header.split(",")
+    return [
+        {key: float(value) for key, value in zip(keys, line.split(","), strict=True) if value}
+        for line in lines
+    ]
+
+
+def test_report_from_a_wandb_group_matches_the_run_directories(tmp_path: Path) -> None:
+    def config(name: str, group: str) -> dict:
+        return {
+            "group": group,
+            "config": {"model": {"prior": {"class_path": PRIORS[name]}}},
+            "num_parameters": PARAMETERS[name],
+        }
+
+    rbm, gaussian = wandb_history("rbm"), wandb_history("gaussian")
+    rbm[1]["samples"] = {"_type": "images/separated", "count": 1}  # an image among the metrics
+    runs = [
+        # fit and then test of one model are two W&B runs with one name, listed out of order
+        FakeRun("rbm", "2026-01-02", config("rbm", "ablation"), rbm[-1:]),
+        FakeRun("rbm", "2026-01-01", config("rbm", "ablation"), rbm[:-1]),
+        FakeRun("gaussian", "2026-01-03", config("gaussian", "ablation"), gaussian),
+        FakeRun("other", "2026-01-04", config("gaussian", "another-group"), gaussian),
+    ]
+    summaries = report.read_wandb_group("me/ebmflow/ablation", api=FakeApi({"me/ebmflow": runs}))
+    report.write_report(summaries, tmp_path / "from_wandb")
+    assert (tmp_path / "from_wandb" / "table.md").read_text() == TABLE
+    csv_runs = [report.read_run(make_run(tmp_path, name)) for name in ("rbm", "gaussian")]
+    assert [s["curves"] for s in summaries] == [s["curves"] for s in csv_runs]
+
+
+def test_report_says_what_a_wandb_group_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="ENTITY/PROJECT/GROUP"):
+        report.read_wandb_group("ablation")
+    monkeypatch.setattr(report, "wandb_api_key_configured", lambda: False)
+    with pytest.raises(RuntimeError, match="pass the run directories"):
+        report.read_wandb_group("me/ebmflow/ablation")
