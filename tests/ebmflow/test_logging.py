@@ -56,6 +56,9 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
         "log_every_n_steps": 1,
     }
     config = {**TINY, "trainer": {**trainer, "default_root_dir": str(tmp_path / "run")}}
+    config["trainer"]["callbacks"] = [
+        {"class_path": "ebmflow.callbacks.SampleGrids", "init_args": {"num_samples": 8, "columns": 4}}
+    ]
     config["trainer"]["logger"] = {
         "class_path": "ebmflow.loggers.WandbLogger",
         "init_args": {
@@ -93,3 +96,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
         b"ebmflow-test",
     ):
         assert expected in data, expected
+    # The sample grids went to W&B as images, not to PNG files in the run directory.
+    media = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images").glob("*.png"))
+    assert media == ["discrete", "samples"]
+    assert not (tmp_path / "run" / "samples").exists()
