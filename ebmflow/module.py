@@ -46,6 +46,8 @@ class EBMFlow(L.LightningModule):
         optimizer: the optimiser factory (default Adam at its default rate; the paper's configs use a
             constant learning rate of 1e-4).
         lr_scheduler: an optional scheduler factory (Flow++ used a linear warm-up).
+        prior_lr: a learning rate for the prior's parameters alone (None: the optimiser's). An RBM
+            trained by PCD needs its energy to move slowly enough for the persistent chains to follow.
         importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
         nonfinite: "stop" ends training at a non-finite loss, naming the step and the term; "skip"
             skips that batch and counts it (``train/skipped_batches``).
@@ -58,6 +60,7 @@ class EBMFlow(L.LightningModule):
         dequantizer: Dequantizer | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        prior_lr: float | None = None,
         importance_samples: int = 16,
         nonfinite: str = "stop",
     ) -> None:
@@ -70,6 +73,8 @@ class EBMFlow(L.LightningModule):
             )
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if prior_lr is not None and prior_lr <= 0:
+            raise ValueError(f"prior_lr must be positive (or null for the optimiser's), got {prior_lr}")
         if importance_samples < 0:
             raise ValueError(f"importance_samples must be >= 0, got {importance_samples}")
         self.save_hyperparameters(ignore=["flow", "prior", "dequantizer", "optimizer", "lr_scheduler"])
@@ -79,6 +84,7 @@ class EBMFlow(L.LightningModule):
         self.uniform = UniformDequantizer()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self.prior_lr = prior_lr
         self.importance_samples = importance_samples
         self.nonfinite = nonfinite
         self.dims = dims
@@ -112,7 +118,14 @@ class EBMFlow(L.LightningModule):
                 chains.copy_(torch.where(torch.rand_like(chains) < 0.5, 1.0, -1.0))
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        parameters = self.parameters()
+        if self.prior_lr is not None:
+            prior = {id(p) for p in self.prior.parameters()}
+            parameters = [
+                {"params": [p for p in self.parameters() if id(p) not in prior]},
+                {"params": list(self.prior.parameters()), "lr": self.prior_lr},
+            ]
+        optimizer = self.optimizer_factory(parameters)
         if self.scheduler_factory is None:
             return optimizer
         return {

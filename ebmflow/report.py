@@ -90,7 +90,7 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
         "parameters": num_parameters,
         "wall seconds": last.get("train/wall_seconds", math.nan),
     }
-    return {"row": row, "curves": {k: sorted(v.items()) for k, v in curves.items()}}
+    return {"name": name, "row": row, "curves": {k: sorted(v.items()) for k, v in curves.items()}}
 
 
 def _prior_name(config: dict | None) -> str:
@@ -182,6 +182,10 @@ def write_report(runs: list[dict], out: str | Path) -> list[Path]:
     """Write table.md, table.csv and curves.png of summarised runs into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    models = [run["row"]["model"] for run in runs]
+    for run in runs:  # two runs of one prior (another setting) are told apart by their run names
+        if models.count(run["row"]["model"]) > 1:
+            run["row"]["model"] += f" ({run['name']})"
     rows = [run["row"] for run in runs]
     (out / "table.md").write_text(markdown(rows))
     with (out / "table.csv").open("w", newline="") as handle:

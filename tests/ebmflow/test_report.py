@@ -57,6 +57,13 @@ def test_report_reproduces_the_table(tmp_path: Path) -> None:
     assert rows[1]["NMI"] == "nan" and float(rows[1]["wall seconds"]) == 1500.0
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
 
+    (tmp_path / "rbm-slow").mkdir()
+    for name in ("metrics.csv", "config.yaml", "hparams.yaml"):
+        (tmp_path / "rbm-slow" / name).write_text((runs[0] / name).read_text())
+    main(["report", str(runs[0]), str(tmp_path / "rbm-slow"), str(runs[1]), "--out", str(tmp_path / "two")])
+    models = [line.split(" | ")[0] for line in (tmp_path / "two" / "table.md").read_text().splitlines()[2:]]
+    assert models == ["| RBM-Flow (rbm)", "| RBM-Flow (rbm-slow)", "| Gaussian-Flow"]
+
 
 @dataclass
 class FakeRun:

@@ -149,3 +149,28 @@ def test_scheduler_and_weight_averaging_plug_in(tmp_path: Path) -> None:
     trainer(tmp_path / "b", max_steps=3, callbacks=[ema]).fit(averaged, DigitsDataModule(batch_size=64))
     differs = [not torch.equal(a, b) for a, b in zip(plain.parameters(), averaged.parameters(), strict=True)]
     assert any(differs)
+
+
+def test_prior_learning_rate_applies_to_the_prior_alone(tmp_path: Path) -> None:
+    """With plain SGD one step moves each parameter by -lr * grad: the prior's at prior_lr, the rest at
+    the optimiser's rate."""
+
+    class BeforeStep(L.Callback):  # after ActNorm's data-dependent initialisation and the backward pass
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.params = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+            self.grads = {name: p.grad.clone() for name, p in pl_module.named_parameters()}
+
+    model = tiny_model(optimizer=lambda params: torch.optim.SGD(params, lr=0.1), prior_lr=1e-3)
+    before = BeforeStep()
+    trainer(tmp_path, max_steps=1, callbacks=[before]).fit(model, DigitsDataModule(batch_size=64))
+    prior = {f"prior.{name}" for name, _ in model.prior.named_parameters()}
+    assert prior and len(prior) < len(before.params)
+    moved = {name for name, grad in before.grads.items() if grad.abs().max() > 1e-3}
+    assert moved & prior and moved - prior  # the check below is not vacuous for either group
+    for name, p in model.named_parameters():
+        lr = 1e-3 if name in prior else 0.1
+        torch.testing.assert_close(
+            p.detach(), before.params[name] - lr * before.grads[name], rtol=0, atol=1e-7
+        )
+    with pytest.raises(ValueError, match="prior_lr must be positive"):
+        tiny_model(prior_lr=0.0)
