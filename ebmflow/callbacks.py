@@ -230,7 +230,12 @@ class SampleGrids(_EveryNEpochs):
         self.num_samples, self.columns, self.temperature, self.seed = num_samples, columns, temperature, seed
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer) or not trainer.is_global_zero:
+        if not self._due(trainer):
+            return
+        to_wandb = isinstance(trainer.logger, WandbLogger)
+        # trainer.log_dir broadcasts under DDP: every rank asks, rank 0 alone draws and writes.
+        folder = None if to_wandb else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        if not trainer.is_global_zero:
             return
         with _fixed_noise(self.seed):
             grids = {"samples": pl_module.sample(self.num_samples, self.temperature)}
@@ -240,10 +245,9 @@ class SampleGrids(_EveryNEpochs):
                 grids["discrete_columns"] = columns.flatten(0, 1)
         for name, images in grids.items():
             grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
-            if isinstance(trainer.logger, WandbLogger):
+            if to_wandb:
                 trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
             else:
-                folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
                 folder.mkdir(parents=True, exist_ok=True)
                 save_image(grid, folder / f"{name}_epoch={trainer.current_epoch:04d}.png")
 

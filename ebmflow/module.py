@@ -105,10 +105,10 @@ class EBMFlow(L.LightningModule):
             # DDP would overwrite every rank's buffers with rank 0's before each forward pass, making
             # all PCD chains identical; the chains must stay rank-local (ActNorm syncs its own init).
             strategy._ddp_kwargs["broadcast_buffers"] = False
+        if self.logger is not None:  # every stage: `ebmflow test` rewrites the run's hparams.yaml
+            self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
 
     def on_fit_start(self) -> None:
-        if self.logger is not None:
-            self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
             # and its own PCD chains; seed_everything gives them all the same one.

@@ -1,6 +1,8 @@
 """Two-process CPU DDP (gloo) end to end through the ebmflow command: PCD chains stay rank-local and
-are saved for every rank."""
+are saved for every rank; the measurement callbacks run (AIS on rank 0, broadcast) and log once."""
 
+import csv
+import math
 import os
 import subprocess
 import sys
@@ -22,16 +24,34 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
         "default_root_dir": str(tmp_path / "run"),
         "devices": 2,
         "strategy": "ddp",
-        "max_steps": 3,
+        "max_steps": -1,
+        "max_epochs": 1,
+        "limit_train_batches": 3,
+        "logger": {
+            "class_path": "ebmflow.loggers.CSVLogger",
+            "init_args": {"save_dir": str(tmp_path / "run"), "name": "", "version": ""},
+        },
         "callbacks": [
             {
                 "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"dirpath": str(tmp_path / "ck"), "save_last": True},
-            }
+            },
+            {
+                "class_path": "ebmflow.callbacks.LogPartitionEstimate",
+                "init_args": {"steps": 50, "chains": 20},
+            },
+            {
+                "class_path": "ebmflow.callbacks.SampleQuality",
+                "init_args": {"feature": "digits", "num_samples": 64},
+            },
+            {"class_path": "ebmflow.callbacks.CodeNMI"},
+            {"class_path": "ebmflow.callbacks.SampleGrids", "init_args": {"num_samples": 8, "columns": 4}},
         ],
     }
+    model = {**TINY["model"], "prior": {**TINY["model"]["prior"]}}
+    model["prior"]["init_args"] = {**model["prior"]["init_args"], "exact_max_units": 0}  # AIS, not exact
     path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "trainer": trainer}))
+    path.write_text(yaml.safe_dump({**TINY, "trainer": trainer, "model": model}))
     command = [str(Path(sys.executable).parent / "ebmflow"), "fit", "--config", str(path)]
     env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo"}
     result = subprocess.run(
@@ -43,3 +63,16 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
     assert chains.shape == (2, 8, 52)
     assert not torch.equal(chains[0], chains[1])
     assert state["ebmflow_rng"]["torch"].shape[0] == 2
+
+    # The callbacks logged once, from the synchronised values; the checkpoint's log Z is the broadcast
+    # AIS estimate that was logged.
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r.get("val/fid")]
+    for key in ("val/fid", "val/is", "val/code_nmi", "ais/log_z_s", "ais/stderr", "ais/test_bpd"):
+        assert math.isfinite(float(row[key])), key
+    assert 0 <= float(row["val/code_nmi"]) <= 1
+    assert float(row["ais/log_z_s"]) == pytest.approx(state["state_dict"]["prior.log_z_estimate"].item())
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == [
+        "discrete_columns_epoch=0000.png",
+        "samples_epoch=0000.png",
+    ]

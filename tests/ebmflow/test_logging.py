@@ -12,6 +12,7 @@ import yaml
 from ebmflow.cli import main
 from ebmflow.report import read_run
 from tests.ebmflow.conftest import TINY
+from tests.ebmflow.test_configs import build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,8 @@ def test_csv_log_continues_through_test(tmp_path: Path) -> None:
     row = read_run(run_dir)["row"]
     assert row["bits/dim"] == float(tested["test/bpd_uniform"])
     assert row["epochs"] == 1
+    # hparams.yaml, rewritten by the test run, still holds the parameter count
+    assert row["parameters"] == sum(p.numel() for p in build(config).model.parameters())
 
 
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
