@@ -21,6 +21,7 @@ test-fast: $(STAMP)
 DEMO_CKPT := runs/demo/checkpoints/last.ckpt
 
 demo: $(STAMP)
+	rm -rf runs/demo  # the demo starts afresh each time
 	$(VENV)/bin/ebmflow fit --config conf/demo.yaml
 	$(VENV)/bin/ebmflow test --config conf/demo.yaml --ckpt_path $(DEMO_CKPT)
 	$(VENV)/bin/ebmflow sample --config conf/demo.yaml --ckpt_path $(DEMO_CKPT) --out runs/demo/samples

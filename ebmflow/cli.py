@@ -22,6 +22,7 @@ from torchvision.utils import save_image
 from ebmflow import report
 from ebmflow.checkpoints import CheckpointError, read_checkpoint
 from ebmflow.data import ImageDataModule
+from ebmflow.loggers import CSVLogger
 from ebmflow.module import EBMFlow
 from priors import DiscretePrior, discover_priors
 
@@ -139,6 +140,19 @@ class EBMFlowCLI(LightningCLI):
         if path is not None and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
         super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        # The configs' CSV logger continues metrics.csv (so test and resume add to it); a fresh fit
+        # must not add a second run's rows to an earlier run's log.
+        logger = self.trainer.logger
+        if isinstance(logger, CSVLogger) and self.config.fit.get("ckpt_path") is None:
+            metrics = Path(logger.log_dir) / "metrics.csv"
+            if metrics.is_file():
+                raise FileExistsError(
+                    f"{metrics} holds an earlier run's log. Resume that run with --ckpt_path "
+                    "<its checkpoints>/last.ckpt, or start this one elsewhere (--trainer.default_root_dir "
+                    "and --trainer.logger.init_args.save_dir), or remove the old run directory."
+                )
 
 
 DESCRIPTION = (

@@ -3,6 +3,7 @@
 # the other (so they do not share the CPU); then each run is tested in its directory and the report is
 # written. Usage:
 #   scripts/fashion_mnist_ablation.sh [DATA_ROOT] [MINUTES]      # defaults: ../shared/data, 20
+# Runs go to runs/fashion_mnist/<prior>: move earlier ones away first (fit refuses to mix two logs).
 set -euo pipefail
 root=${1:-../shared/data}
 minutes=${2:-20}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ebmflow.cli import main
@@ -48,6 +49,15 @@ def test_csv_log_continues_through_test(tmp_path: Path) -> None:
     assert row["epochs"] == 1
     # hparams.yaml, rewritten by the test run, still holds the parameter count
     assert row["parameters"] == sum(p.numel() for p in build(config).model.parameters())
+
+    # A fresh fit into the same directory stops before touching the log; resuming continues it.
+    log = metrics.read_text()
+    with pytest.raises(FileExistsError, match="earlier run's log"):
+        main(["fit", "--config", str(config)])
+    assert metrics.read_text() == log
+    main(["fit", "--config", str(config), "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)])
+    assert read_rows(metrics)[: len(rows)] == rows
+    assert sum(bool(row["train/objective"]) for row in read_rows(metrics)) == 6
 
 
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
