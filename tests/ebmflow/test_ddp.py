@@ -64,8 +64,9 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
     assert not torch.equal(chains[0], chains[1])
     assert state["ebmflow_rng"]["torch"].shape[0] == 2
 
-    # The callbacks logged once, from the synchronised values; the checkpoint's log Z is the broadcast
-    # AIS estimate that was logged.
+    # The callbacks finished on both ranks (a collective asked by one rank alone would hang) and logged
+    # once; the checkpoint (rank 0's) holds the AIS estimate that was logged. That rank 1 received it
+    # is not observable from here.
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         (row,) = [r for r in csv.DictReader(handle) if r.get("val/fid")]
     for key in ("val/fid", "val/is", "val/code_nmi", "ais/log_z_s", "ais/stderr", "ais/test_bpd"):
