@@ -18,7 +18,7 @@ import torch
 
 from bench.common import describe_machine, interleaved, report
 from bench.flow_step import paper_step
-from priors import BernoulliPrior, GaussianPrior, MultiCovPrior, Prior, RBMPrior
+from priors import BernoulliPrior, BlockGibbs, GaussianPrior, MultiCovPrior, Prior, RBMPrior
 
 DIM = 3072
 
@@ -37,7 +37,7 @@ def loss_case(prior: Prior):
 def trained_like_rbm(dim: int, n_visible: int | None = None, scale: float = 1.0, seed: int = 0) -> RBMPrior:
     """Random couplings with σ_max(W) at the cap 0.99 Δ (the largest any run can reach)."""
     torch.manual_seed(seed)
-    prior = RBMPrior(dim, n_visible=n_visible, gibbs_steps=200, num_chains=20)
+    prior = RBMPrior(dim, n_visible=n_visible, sampler=BlockGibbs(200, 20))
     with torch.no_grad():
         prior.coupling.raw_weight.normal_(0, scale)
         prior.bias.normal_(0, 0.1)
@@ -47,8 +47,8 @@ def trained_like_rbm(dim: int, n_visible: int | None = None, scale: float = 1.0,
 
 def overhead(repeats: int) -> dict:
     _, flow_step = paper_step(bf16=False)
-    rbm = RBMPrior(DIM, gibbs_steps=200, num_chains=20)
-    rbm_bf16 = RBMPrior(DIM, gibbs_steps=200, num_chains=20, gibbs_precision="bfloat16")
+    rbm = RBMPrior(DIM, sampler=BlockGibbs(200, 20))
+    rbm_bf16 = RBMPrior(DIM, sampler=BlockGibbs(200, 20, "bfloat16"))
     with torch.no_grad():
         rbm.coupling.raw_weight.normal_(0, 0.05)
         rbm_bf16.coupling.raw_weight.copy_(rbm.coupling.raw_weight)

@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
+from ebmflow.optim import CombinedOptimizer
 from flows import Dequantizer, FlowPlusPlus, UniformDequantizer
 from priors import DiscretePrior, Prior
 
@@ -48,6 +49,10 @@ class EBMFlow(L.LightningModule):
         lr_scheduler: an optional scheduler factory (Flow++ used a linear warm-up).
         prior_lr: a learning rate for the prior's parameters alone (None: the optimiser's). An RBM
             trained by PCD needs its energy to move slowly enough for the persistent chains to follow.
+        prior_optimizer: an optimiser factory for the prior's parameters alone (None: the prior
+            learns with ``optimizer``), e.g. ``torch.optim.SGD`` with momentum, as RBMs are usually
+            trained; ``prior_lr``, when given, sets its rate. Both step as one optimiser (one global
+            step per batch; schedulers and gradient clipping act on both).
         importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
         nonfinite: "stop" ends training at a non-finite loss, naming the step and the term; "skip"
             skips that batch and counts it (``train/skipped_batches``).
@@ -61,6 +66,7 @@ class EBMFlow(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         prior_lr: float | None = None,
+        prior_optimizer: OptimizerCallable | None = None,
         importance_samples: int = 16,
         nonfinite: str = "stop",
     ) -> None:
@@ -77,7 +83,9 @@ class EBMFlow(L.LightningModule):
             raise ValueError(f"prior_lr must be positive (or null for the optimiser's), got {prior_lr}")
         if importance_samples < 0:
             raise ValueError(f"importance_samples must be >= 0, got {importance_samples}")
-        self.save_hyperparameters(ignore=["flow", "prior", "dequantizer", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["flow", "prior", "dequantizer", "optimizer", "lr_scheduler", "prior_optimizer"]
+        )
         self.flow = flow
         self.prior = prior
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
@@ -85,6 +93,7 @@ class EBMFlow(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.prior_lr = prior_lr
+        self.prior_optimizer_factory = prior_optimizer
         self.importance_samples = importance_samples
         self.nonfinite = nonfinite
         self.dims = dims
@@ -113,19 +122,23 @@ class EBMFlow(L.LightningModule):
             # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
             # and its own PCD chains; seed_everything gives them all the same one.
             torch.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
-            chains = getattr(self.prior, "chains", None)
-            if chains is not None:
-                chains.copy_(torch.where(torch.rand_like(chains) < 0.5, 1.0, -1.0))
+            self.prior.reset_rank_local_state()
 
     def configure_optimizers(self):
-        parameters = self.parameters()
+        prior_parameters = list(self.prior.parameters())
+        in_prior = {id(p) for p in prior_parameters}
+        prior_group = {"params": prior_parameters}
         if self.prior_lr is not None:
-            prior = {id(p) for p in self.prior.parameters()}
-            parameters = [
-                {"params": [p for p in self.parameters() if id(p) not in prior]},
-                {"params": list(self.prior.parameters()), "lr": self.prior_lr},
-            ]
-        optimizer = self.optimizer_factory(parameters)
+            prior_group["lr"] = self.prior_lr
+        rest = {"params": [p for p in self.parameters() if id(p) not in in_prior]}
+        if self.prior_optimizer_factory is not None and prior_parameters:
+            optimizer = CombinedOptimizer(
+                [self.optimizer_factory([rest]), self.prior_optimizer_factory([prior_group])]
+            )
+        elif self.prior_lr is not None and prior_parameters:
+            optimizer = self.optimizer_factory([rest, prior_group])
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         return {
@@ -263,22 +276,24 @@ class EBMFlow(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Every rank's random state and PCD chains, so a resumed run continues exactly."""
+        """Every rank's random state and rank-local prior state (PCD chains), so a resumed run
+        continues exactly."""
         state = {"torch": torch.get_rng_state()}
-        chains = getattr(self.prior, "chains", None)
         if self._trainer is not None and self.trainer.world_size > 1:
             state["torch"] = self.all_gather(state["torch"].to(self.device)).cpu()
-            if chains is not None:
-                checkpoint["state_dict"]["prior.chains"] = self.all_gather(chains).cpu()
+            local = {f"prior.{name}": buffer for name, buffer in self.prior.rank_local_state().items()}
+            for key, buffer in local.items():
+                checkpoint["state_dict"][key] = self.all_gather(buffer).cpu()
+            checkpoint["ebmflow_rank_local"] = sorted(local)
         checkpoint["ebmflow_rng"] = state
         checkpoint["ebmflow_skipped_batches"] = self.skipped_batches
         checkpoint["ebmflow_wall_seconds"] = self.wall_seconds
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rank = self.global_rank
-        chains = checkpoint["state_dict"].get("prior.chains")
-        if chains is not None and chains.dim() == 3:  # saved by several ranks
-            checkpoint["state_dict"]["prior.chains"] = chains[rank % chains.shape[0]]
+        for key in checkpoint.get("ebmflow_rank_local", []):  # saved by several ranks: take this one's
+            saved = checkpoint["state_dict"][key]
+            checkpoint["state_dict"][key] = saved[rank % saved.shape[0]]
         rng = checkpoint.get("ebmflow_rng", {}).get("torch")
         if rng is not None:
             self._rng_to_restore = rng[rank % rng.shape[0]] if rng.dim() == 2 else rng

@@ -54,6 +54,15 @@ class Prior(nn.Module, abc.ABC):
         with _exact_precision(self._anchor):
             return self._sample(n, temperature)
 
+    def rank_local_state(self) -> dict[str, Tensor]:
+        """Buffers (by state-dict name under the prior) that must differ between DDP ranks, such as
+        persistent sampler chains: the application keeps them out of DDP's buffer broadcast, redraws
+        them per rank (``reset_rank_local_state``) and saves every rank's copy in checkpoints."""
+        return {}
+
+    def reset_rank_local_state(self) -> None:
+        """Redraw the rank-local buffers from the current random stream."""
+
     @abc.abstractmethod
     def _log_prob(self, z: Tensor) -> Tensor: ...
 

@@ -23,7 +23,11 @@ TINY = {
         },
         "prior": {
             "class_path": "priors.RBMPrior",
-            "init_args": {"dim": 64, "n_visible": 52, "gibbs_steps": 3, "num_chains": 8},
+            "init_args": {
+                "dim": 64,
+                "n_visible": 52,
+                "sampler": {"class_path": "priors.BlockGibbs", "init_args": {"steps": 3, "chains": 8}},
+            },
         },
         "importance_samples": 2,
     },

@@ -18,7 +18,7 @@ from ebmflow.callbacks import (
     code_nmi,
 )
 from ebmflow.data import DigitsDataModule
-from priors import GaussianPrior, RBMPrior
+from priors import BlockGibbs, GaussianPrior, RBMPrior
 from tests.ebmflow.test_training import tiny_model, trainer
 
 
@@ -32,7 +32,7 @@ def test_code_nmi_is_one_for_class_codes_and_zero_for_random_ones() -> None:
 
 
 def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> None:
-    prior = RBMPrior(64, n_visible=52, gibbs_steps=3, num_chains=8, exact_max_units=0)  # n_h = 12: enumerable
+    prior = RBMPrior(64, n_visible=52, sampler=BlockGibbs(3, 8), exact_max_units=0)  # n_h = 12: enumerable
     model = tiny_model(prior)
     callback = LogPartitionEstimate(steps=400, chains=400, test_batches=3, seed=5)
     run = trainer(tmp_path, max_epochs=2, limit_train_batches=5, callbacks=[callback])

@@ -79,7 +79,7 @@ def test_help_and_print_config_are_readable() -> None:
         cwd=ROOT,
     )
     assert printed.returncode == 0, printed.stderr
-    assert "priors.RBMPrior" in printed.stdout and "gibbs_steps: 200" in printed.stdout
+    assert "priors.RBMPrior" in printed.stdout and "priors.BlockGibbs" in printed.stdout
 
 
 def test_prior_by_short_name_and_configs_compose(tiny_config: Path, tmp_path: Path, capsys) -> None:

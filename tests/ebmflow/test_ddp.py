@@ -59,7 +59,7 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
-    chains = state["state_dict"]["prior.chains"]
+    chains = state["state_dict"]["prior.sampler.chains"]
     assert chains.shape == (2, 8, 52)
     assert not torch.equal(chains[0], chains[1])
     assert state["ebmflow_rng"]["torch"].shape[0] == 2

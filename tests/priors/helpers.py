@@ -5,20 +5,27 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from priors import BernoulliPrior, GaussianPrior, MultiCovPrior, Prior, RBMPrior
+from priors import (
+    BernoulliPrior,
+    BlockGibbs,
+    GaussianPrior,
+    MultiCovPrior,
+    ParallelTempering,
+    Prior,
+    RBMPrior,
+)
 from priors.spins import all_spin_states
 
 PRIORS: dict[str, Callable[[int], Prior]] = {
     "gaussian": lambda dim: GaussianPrior(dim),
     "multicov": lambda dim: MultiCovPrior(dim, delta=2.5),
     "bernoulli": lambda dim: BernoulliPrior(dim, delta=1.0),
-    "rbm": lambda dim: RBMPrior(dim, delta=2.5, gibbs_steps=50, num_chains=16),
-    "rbm-bf16-gibbs": lambda dim: RBMPrior(
-        dim, delta=2.5, gibbs_steps=50, num_chains=16, gibbs_precision="bfloat16"
+    "rbm": lambda dim: RBMPrior(dim, delta=2.5, sampler=BlockGibbs(50, 16)),
+    "rbm-bf16-gibbs": lambda dim: RBMPrior(dim, delta=2.5, sampler=BlockGibbs(50, 16, "bfloat16")),
+    "rbm-tempering": lambda dim: RBMPrior(
+        dim, delta=2.5, sampler=ParallelTempering(10, 16, replicas=4, min_beta=0.2, adaptive=True)
     ),
-    "rbm-learned-delta": lambda dim: RBMPrior(
-        dim, delta=1.5, gibbs_steps=50, num_chains=16, learn_delta=True
-    ),
+    "rbm-learned-delta": lambda dim: RBMPrior(dim, delta=1.5, sampler=BlockGibbs(50, 16), learn_delta=True),
 }
 
 

@@ -4,7 +4,7 @@ under adversarial updates (MATH.md §4, §5, §7)."""
 import pytest
 import torch
 
-from priors import MultiCovPrior, RBMPrior
+from priors import BlockGibbs, MultiCovPrior, RBMPrior
 from tests.priors.helpers import dense_precision
 
 
@@ -52,7 +52,7 @@ def test_pcd_gradient_matches_exact_gradient() -> None:
     chains. Ten independent sets of 4000 chains give the Monte Carlo error of their mean."""
     torch.manual_seed(0)
     dim, n_v = 8, 4
-    prior = RBMPrior(dim, n_visible=n_v, delta=3.0, gibbs_steps=100, num_chains=4000).double()
+    prior = RBMPrior(dim, n_visible=n_v, delta=3.0, sampler=BlockGibbs(100, 4000)).double()
     with torch.no_grad():
         prior.coupling.raw_weight.copy_(0.8 * torch.randn(n_v, dim - n_v))
         prior.bias.copy_(0.5 * torch.randn(dim))
@@ -79,26 +79,26 @@ def test_pcd_gradient_matches_exact_gradient() -> None:
 
 
 def test_chains_advance_only_in_training() -> None:
-    prior = RBMPrior(6, gibbs_steps=3, num_chains=64)
+    prior = RBMPrior(6, sampler=BlockGibbs(3, 64))
     with torch.no_grad():
         prior.coupling.raw_weight.fill_(0.5)
-    before = prior.chains.clone()
+    before = prior.sampler.chains.clone()
     prior.eval()
     prior.loss(torch.randn(2, 6))
-    assert torch.equal(prior.chains, before)
+    assert torch.equal(prior.sampler.chains, before)
     with torch.inference_mode():
         prior.train()
         prior.loss(torch.randn(2, 6))
-    assert torch.equal(prior.chains, before)
+    assert torch.equal(prior.sampler.chains, before)
     prior.loss(torch.randn(2, 6))
-    assert not torch.equal(prior.chains, before)
+    assert not torch.equal(prior.sampler.chains, before)
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: RBMPrior(10, delta=2.5, gibbs_steps=5, num_chains=8),
-        lambda: RBMPrior(10, delta=1.0, gibbs_steps=5, num_chains=8, learn_delta=True),
+        lambda: RBMPrior(10, delta=2.5, sampler=BlockGibbs(5, 8)),
+        lambda: RBMPrior(10, delta=1.0, sampler=BlockGibbs(5, 8), learn_delta=True),
         lambda: MultiCovPrior(10, delta=2.5),
         lambda: MultiCovPrior(10, delta=2.5, n_visible=3, learn_delta=True),
     ],
@@ -120,7 +120,7 @@ def test_positive_definite_under_adversarial_sgd(make) -> None:
 
 
 def test_rbm_loss_value_is_the_nll_with_the_latest_estimate() -> None:
-    prior = RBMPrior(8, n_visible=4, gibbs_steps=5, num_chains=32).double()
+    prior = RBMPrior(8, n_visible=4, sampler=BlockGibbs(5, 32)).double()
     with torch.no_grad():
         prior.coupling.raw_weight.normal_(0, 0.5)
         prior.bias.normal_(0, 0.5)

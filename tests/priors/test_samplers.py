@@ -1,0 +1,192 @@
+"""Every sampler against the exact distribution of an enumerable RBM (chi-square at a fixed seed), for
+both its independent draws (generation) and its persistent negative phase; parallel tempering against
+block Gibbs on a strongly bimodal RBM at the same number of matrix products."""
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from priors import BlockGibbs, ParallelTempering, RBMPrior, Sampler
+from priors.samplers import RBM
+from priors.spins import all_spin_states
+from tests.priors.external_sampler import EnumerationSampler
+
+N_V, N_H = 6, 5  # N = 11: p(s_v) by enumeration
+CHAINS = 4000
+ALPHA = 1e-3
+
+SAMPLERS: dict[str, Callable[[], Sampler]] = {
+    "gibbs": lambda: BlockGibbs(steps=30, chains=CHAINS),
+    "gibbs-bf16": lambda: BlockGibbs(steps=30, chains=CHAINS, precision="bfloat16"),
+    "tempering": lambda: ParallelTempering(steps=15, chains=CHAINS, replicas=4, min_beta=0.3),
+    "tempering-linear-to-zero": lambda: ParallelTempering(
+        steps=15, chains=CHAINS, replicas=5, min_beta=0.0, spacing="linear"
+    ),
+    "tempering-adaptive": lambda: ParallelTempering(
+        steps=15, chains=CHAINS, replicas=4, min_beta=0.2, adaptive=True, adapt_rate=0.5
+    ),
+    "external": lambda: EnumerationSampler(chains=CHAINS),
+}
+
+
+def enumerable_rbm(seed: int = 0) -> RBM:
+    """Couplings strong enough to correlate the spins, on a 1/16 grid so bf16 products are exact."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.round(16 * 0.6 * torch.randn(N_V, N_H, generator=g)) / 16
+    bias_v = torch.round(16 * 0.3 * torch.randn(N_V, generator=g)) / 16
+    bias_h = torch.round(16 * 0.3 * torch.randn(N_H, generator=g)) / 16
+    return RBM(weight, bias_v, bias_h)
+
+
+def exact_visible_distribution(model: RBM) -> tuple[torch.Tensor, torch.Tensor]:
+    states = all_spin_states(model.n_visible, model.weight)
+    return states, torch.softmax(model.neg_free_energy(states).double(), 0)
+
+
+def chi_square_passes(draws: torch.Tensor, model: RBM) -> tuple[float, float]:
+    """(statistic, critical value at ALPHA); bins whose expected count is under 5 are pooled."""
+    states, p = exact_visible_distribution(model)
+    codes = ((draws > 0).long() << torch.arange(model.n_visible)).sum(1)
+    observed = torch.bincount(codes, minlength=len(states)).double()
+    expected = p * len(draws)
+    small = expected < 5
+    observed = torch.cat([observed[~small], observed[small].sum()[None]])
+    expected = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = expected > 0
+    statistic = (((observed - expected) ** 2)[keep] / expected[keep]).sum().item()
+    return statistic, chi2.ppf(1 - ALPHA, int(keep.sum()) - 1)
+
+
+def test_the_model_is_far_from_independent() -> None:
+    """The test RBM is no easy target: its exact p(s_v) is far from the product of its marginals."""
+    states, p = exact_visible_distribution(enumerable_rbm())
+    marginal = (p[:, None] * (states > 0)).sum(0)
+    product = torch.where(states > 0, marginal, 1 - marginal).prod(1)
+    assert 0.5 * (p - product).abs().sum() > 0.1
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_independent_draws_match_the_exact_distribution(name: str) -> None:
+    torch.manual_seed(0)
+    sampler, model = SAMPLERS[name](), enumerable_rbm()
+    sampler.bind(N_V, N_H)
+    draws = sampler.sample(model, 20_000)
+    assert draws.shape == (20_000, N_V) and set(draws.unique().tolist()) <= {-1.0, 1.0}
+    statistic, critical = chi_square_passes(draws, model)
+    assert statistic < critical, (statistic, critical)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_negative_phase_matches_the_exact_distribution(name: str) -> None:
+    """Persistent chains after a few calls (burn-in) sample p(s_v); the calls move them."""
+    torch.manual_seed(1)
+    sampler, model = SAMPLERS[name](), enumerable_rbm()
+    sampler.bind(N_V, N_H)
+    first = sampler.negative_phase(model).clone()
+    for _ in range(3):
+        draws = sampler.negative_phase(model)
+    assert draws.shape == (CHAINS, N_V) and not torch.equal(first, draws)
+    statistic, critical = chi_square_passes(draws, model)
+    assert statistic < critical, (statistic, critical)
+
+
+def test_a_wrong_distribution_fails_the_chi_square() -> None:
+    """The check has power: draws from a model with the couplings halved are rejected."""
+    torch.manual_seed(0)
+    model = enumerable_rbm()
+    weaker = RBM(model.weight / 2, model.bias_v, model.bias_h)
+    draws = EnumerationSampler().sample(weaker, 20_000)
+    statistic, critical = chi_square_passes(draws, model)
+    assert statistic > 3 * critical
+
+
+def bimodal_rbm() -> tuple[RBM, float]:
+    """A ferromagnetic RBM: all couplings 0.5, a small visible field. Two modes, s_v all +1 or all −1,
+    separated by a barrier block Gibbs essentially never crosses (≥ 6 of 12 visible spins must flip
+    together against fields of ±2). Returns the model and the exact probability that Σ s_v > 0."""
+    n_v, n_h = 12, 4
+    model = RBM(torch.full((n_v, n_h), 0.5), torch.full((n_v,), 0.1), torch.zeros(n_h))
+    states, p = exact_visible_distribution(model)
+    return model, p[states.sum(1) > 0].sum().item()
+
+
+def test_tempering_visits_both_modes_in_proportion_where_gibbs_does_not() -> None:
+    torch.manual_seed(0)
+    model, p_plus = bimodal_rbm()
+    assert 0.85 < p_plus < 0.95  # the field makes one mode ~10x likelier than the other
+    chains, replicas, sweeps = 400, 8, 100
+    tempering = ParallelTempering(steps=sweeps, chains=chains, replicas=replicas, min_beta=0.05)
+    gibbs = BlockGibbs(steps=replicas * sweeps, chains=chains)  # the same number of matrix products
+    for sampler in (tempering, gibbs):
+        sampler.bind(12, 4)
+        sampler.reset()
+    plus = {}
+    for name, sampler in {"tempering": tempering, "gibbs": gibbs}.items():
+        sampler.negative_phase(model)  # burn-in
+        visits = [(sampler.negative_phase(model).sum(1) > 0).double().mean() for _ in range(5)]
+        plus[name] = torch.stack(visits).mean().item()
+    se = (p_plus * (1 - p_plus) / chains) ** 0.5
+    assert abs(plus["tempering"] - p_plus) < 5 * se, plus
+    # Gibbs keeps the split of its random start (about half and half), far from the exact 0.9.
+    assert abs(plus["gibbs"] - p_plus) > 20 * se, plus
+    statistics = tempering.statistics()
+    acceptance = [v.item() for k, v in statistics.items() if k.startswith("swap_acceptance")]
+    assert len(acceptance) == replicas - 1 and min(acceptance) > 0.05
+
+
+def test_adaptive_ladder_keeps_its_ends_and_evens_out_acceptance() -> None:
+    torch.manual_seed(0)
+    model, _ = bimodal_rbm()
+    sampler = ParallelTempering(
+        steps=20, chains=200, replicas=6, min_beta=0.02, adaptive=True, adapt_rate=0.5
+    )
+    sampler.bind(12, 4)
+    sampler.negative_phase(model)
+    before = sampler.statistics()
+    spread_before = _spread(before)
+    for _ in range(40):
+        sampler.negative_phase(model)
+    sampler.statistics()
+    for _ in range(5):
+        sampler.negative_phase(model)
+    after = sampler.statistics()
+    assert sampler.betas[0] == 1 and sampler.betas[-1] == pytest.approx(0.02)
+    assert bool((torch.diff(sampler.betas) < 0).all())
+    assert _spread(after) < 0.5 * spread_before, (before, after)
+
+
+def _spread(statistics: dict[str, torch.Tensor]) -> float:
+    rates = torch.stack([v for k, v in statistics.items() if k.startswith("swap_acceptance")])
+    return (rates.max() - rates.min()).item()
+
+
+def test_samplers_state_round_trips_through_the_prior_state_dict() -> None:
+    torch.manual_seed(0)
+
+    def make():
+        return RBMPrior(12, sampler=ParallelTempering(3, 5, replicas=3), generation_sampler=BlockGibbs(4, 2))
+
+    prior = make().train()
+    prior.loss(torch.randn(4, 12))
+    local = prior.rank_local_state()
+    assert set(local) >= {"sampler.states", "sampler.betas", "generation_sampler.chains"}
+    copy = make()
+    copy.load_state_dict(prior.state_dict())
+    assert torch.equal(copy.sampler.states, prior.sampler.states)
+    copy.reset_rank_local_state()
+    assert not torch.equal(copy.sampler.states, prior.sampler.states)
+
+
+def test_bad_sampler_arguments_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="steps and chains"):
+        BlockGibbs(steps=0)
+    with pytest.raises(ValueError, match="precision"):
+        BlockGibbs(precision="float16")
+    with pytest.raises(ValueError, match="min_beta"):
+        ParallelTempering(min_beta=0.0)  # geometric spacing cannot reach 0
+    with pytest.raises(ValueError, match="replicas"):
+        ParallelTempering(replicas=1)
+    with pytest.raises(TypeError, match="Sampler"):
+        RBMPrior(8, sampler=torch.nn.Linear(2, 2))
