@@ -10,12 +10,12 @@ import torch
 from ebmflow.data import DigitsDataModule
 from ebmflow.module import EBMFlow, NonFiniteLossError
 from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
-from priors import GaussianPrior, RBMPrior
+from priors import BlockGibbs, GaussianPrior, RBMPrior
 
 
 def tiny_model(prior=None, **kwargs) -> EBMFlow:
     flow = FlowPlusPlus((1, 8, 8), filters=8, components=3, blocks=1, dropout=0.1)
-    prior = prior if prior is not None else RBMPrior(64, n_visible=52, gibbs_steps=3, num_chains=8)
+    prior = prior if prior is not None else RBMPrior(64, n_visible=52, sampler=BlockGibbs(3, 8))
     return EBMFlow(flow, prior, **kwargs)
 
 
@@ -34,16 +34,19 @@ def trainer(root: Path, **kwargs) -> L.Trainer:
     return L.Trainer(**options)
 
 
-def test_resume_mid_epoch_continues_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"prior_optimizer": lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9)}]
+)
+def test_resume_mid_epoch_continues_exactly(tmp_path: Path, options: dict) -> None:
     """N steps straight, or N/2 steps, a checkpoint mid-epoch, and N/2 more from it: same parameters,
     ActNorm state, PCD chains and log Z."""
     data = dict(batch_size=64, hflip=True)  # 20 batches an epoch: step 10 is mid-epoch
     L.seed_everything(0)
-    straight = tiny_model()
+    straight = tiny_model(**options)
     trainer(tmp_path / "a", max_steps=14, val_check_interval=7).fit(straight, DigitsDataModule(**data))
 
     L.seed_everything(0)
-    first = tiny_model()
+    first = tiny_model(**options)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
     trainer(tmp_path / "b", max_steps=10, val_check_interval=7, callbacks=[checkpoint]).fit(
         first, DigitsDataModule(**data)
@@ -51,14 +54,14 @@ def test_resume_mid_epoch_continues_exactly(tmp_path: Path) -> None:
     assert first.global_step == 10
 
     L.seed_everything(123)  # the resumed run must not depend on the new process's seed
-    resumed = tiny_model()
+    resumed = tiny_model(**options)
     trainer(tmp_path / "c", max_steps=14, val_check_interval=7).fit(
         resumed, DigitsDataModule(**data), ckpt_path=tmp_path / "ck" / "last.ckpt", weights_only=True
     )
     expected = straight.state_dict()
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, expected[name]), name
-    assert not torch.equal(first.prior.chains, resumed.prior.chains)
+    assert not torch.equal(first.prior.sampler.chains, resumed.prior.sampler.chains)
 
 
 class ExplodingPrior(GaussianPrior):
@@ -174,3 +177,37 @@ def test_prior_learning_rate_applies_to_the_prior_alone(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="prior_lr must be positive"):
         tiny_model(prior_lr=0.0)
+
+
+def test_prior_optimizer_steps_the_prior_by_its_own_rule(tmp_path: Path) -> None:
+    """Adam for the flow, SGD with momentum for the prior: after two batches each parameter is where
+    its own rule puts it, and the run counts one global step per batch."""
+
+    class Record(L.Callback):
+        def __init__(self) -> None:
+            self.params, self.grads = [], []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.params.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+            self.grads.append({n: p.grad.clone() for n, p in pl_module.named_parameters()})
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.5, momentum=0.9)
+
+    model = tiny_model(optimizer=lambda params: torch.optim.Adam(params, lr=1e-2), prior_optimizer=sgd)
+    record = Record()
+    run = trainer(tmp_path, max_steps=2, callbacks=[record])
+    run.fit(model, DigitsDataModule(batch_size=64))
+    assert run.global_step == 2
+    prior = {f"prior.{name}" for name, _ in model.prior.named_parameters()}
+    (p0, p1), (g1, g2) = record.params, record.grads
+    assert any(g1[name].abs().max() > 1e-3 for name in prior)
+    for name, p in model.named_parameters():
+        if name in prior:  # SGD with momentum: buffer b1 = g1, then b2 = 0.9 b1 + g2
+            torch.testing.assert_close(p1[name], p0[name] - 0.5 * g1[name], rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                p.detach(), p1[name] - 0.5 * (0.9 * g1[name] + g2[name]), rtol=0, atol=1e-6
+            )
+        else:  # Adam's first step moves by lr · g / (|g| + eps)
+            step = 1e-2 * g1[name] / (g1[name].abs() + 1e-8)
+            torch.testing.assert_close(p1[name], p0[name] - step, rtol=0, atol=1e-6)
