@@ -9,6 +9,7 @@ unless ``in_fast_dev_run`` is set.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +26,12 @@ from torchmetrics.image.inception import InceptionScore
 from torchvision.utils import make_grid, save_image
 
 from ebmflow.classifier import CLASSIFIER_SHAPES, ClassifierFeatures, ClassifierLogits, load_shipped
-from priors import DiscretePrior
+from ebmflow.health import class_coverage, integrated_autocorrelation_time
+from priors import DiscretePrior, RBMPrior
+from priors.samplers import BlockGibbs, Sampler, gibbs
 
 __all__ = [
+    "ChainHealth",
     "CodeNMI",
     "LogPartitionEstimate",
     "SampleGrids",
@@ -35,6 +39,9 @@ __all__ = [
     "build_quality_metrics",
     "code_nmi",
 ]
+
+log = logging.getLogger(__name__)
+SLOW_MIXING = 10  # warn when the energy's autocorrelation time exceeds a tenth of the recorded sweeps
 
 INCEPTION_HELP = (
     "the Inception weights for FID/IS could not be loaded ({error}). They download on first use; on a "
@@ -152,9 +159,13 @@ def build_quality_metrics(feature: str) -> tuple[FrechetInceptionDistance, Incep
 
 class SampleQuality(_EveryNEpochs):
     """FID against the test split and Inception Score of ``num_samples`` generated images, after
-    validation (``val/fid``, ``val/is``, ``val/is_std``). The feature network is built with the callback, so a
-    missing Inception download fails before training. Samples are drawn in batches on the module's
-    device, split over ranks; torchmetrics synchronises the statistics.
+    validation (``val/fid``, ``val/is``, ``val/is_std``), and their class coverage through the same
+    classifier (``val/coverage_classes``: classes holding at least ``coverage_threshold`` of the samples;
+    ``val/coverage_max_share``: the largest class's share; ``val/coverage_kl``: KL(samples ‖ test split)
+    of the predicted-class histograms), with a warning in the log when the samples cover fewer classes
+    than the data or one class holds over twice the data's largest share. The feature network is built
+    with the callback, so a missing Inception download fails before training. Samples are drawn in
+    batches on the module's device, split over ranks; torchmetrics synchronises the statistics.
 
     Args:
         feature: "inception" (RGB data; weights download on first use) or "digits", "mnist",
@@ -162,6 +173,7 @@ class SampleQuality(_EveryNEpochs):
         num_samples: generated images per evaluation (paper: 10,000).
         batch_size: images generated at a time.
         temperature: sampling temperature.
+        coverage_threshold: the share of samples a class must hold to count as covered.
         every_n_epochs, in_fast_dev_run: as for the other callbacks.
     """
 
@@ -171,6 +183,7 @@ class SampleQuality(_EveryNEpochs):
         num_samples: int = 10_000,
         batch_size: int = 500,
         temperature: float = 1.0,
+        coverage_threshold: float = 0.02,
         seed: int = 0,
         every_n_epochs: int = 1,
         in_fast_dev_run: bool = False,
@@ -180,7 +193,8 @@ class SampleQuality(_EveryNEpochs):
         self.temperature, self.seed = temperature, seed
         with torch.random.fork_rng(devices=[]):  # building InceptionScore draws a dummy image
             self.fid, self.inception_score = build_quality_metrics(feature)
-        self._has_real = False
+        self.coverage_threshold = coverage_threshold
+        self._data_classes: torch.Tensor | None = None  # the test split's classes, found once
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return (
@@ -192,20 +206,44 @@ class SampleQuality(_EveryNEpochs):
             return
         fid = self.fid.to(pl_module.device)
         inception_score = self.inception_score.to(pl_module.device)
+        classify = inception_score.inception  # the logits IS scores: the same classes for coverage
         remaining = -(-self.num_samples // trainer.world_size)
+        sample_classes = []
         with _fixed_noise(self.seed + trainer.global_rank):  # loaders, samples and IS draw random numbers
-            if not self._has_real:
+            if self._data_classes is None:
                 trainer.datamodule.setup("test")
+                data_classes = []
                 for images, _ in trainer.datamodule.test_dataloader():
-                    fid.update(self._prepare(images.to(pl_module.device)), real=True)
-                self._has_real = True
+                    images = self._prepare(images.to(pl_module.device))
+                    fid.update(images, real=True)
+                    data_classes.append(classify(images).argmax(1))
+                self._data_classes = torch.cat(data_classes)
             while remaining > 0:
                 images = self._prepare(pl_module.sample(min(self.batch_size, remaining), self.temperature))
                 fid.update(images, real=False)
                 inception_score.update(images)
+                sample_classes.append(classify(images).argmax(1))
                 remaining -= len(images)
             score, spread = inception_score.compute()  # draws a random split of the samples
-        pl_module.log_dict({"val/fid": fid.compute(), "val/is": score, "val/is_std": spread})
+        samples = trainer.strategy.all_gather(torch.cat(sample_classes)).flatten()
+        num_classes = classify(images[:1]).shape[1]
+        coverage = class_coverage(samples, self._data_classes, num_classes, self.coverage_threshold)
+        metrics = {"val/fid": fid.compute(), "val/is": score, "val/is_std": spread}
+        metrics |= {f"val/coverage_{name}": torch.tensor(value) for name, value in coverage.items()}
+        pl_module.log_dict(metrics)
+        data = class_coverage(self._data_classes, self._data_classes, num_classes, self.coverage_threshold)
+        if coverage["classes"] < data["classes"] or coverage["max_share"] > 2 * data["max_share"]:
+            log.warning(
+                "samples cover %d of the %d classes the data covers (at least %.0f%% each), the largest "
+                "holding %.0f%% (data: %.0f%%), at step %d: the model has collapsed onto few modes. For "
+                "RBM-Flow see health/chain_lag (ebmflow.callbacks.ChainHealth).",
+                coverage["classes"],
+                data["classes"],
+                100 * self.coverage_threshold,
+                100 * coverage["max_share"],
+                100 * data["max_share"],
+                trainer.global_step,
+            )
         fid.reset()
         inception_score.reset()
 
@@ -304,3 +342,132 @@ class CodeNMI(_EveryNEpochs):
         labels = trainer.strategy.all_gather(torch.cat(self._labels)).reshape(-1).cpu()
         nmi = code_nmi(probabilities.numpy(), labels.numpy()) if trainer.is_global_zero else 0.0
         pl_module.log("val/code_nmi", float(trainer.strategy.broadcast(nmi, src=0)))
+
+
+class ChainHealth(_EveryNEpochs):
+    """Whether PCD's persistent chains follow the RBM (MATH.md §8), after every validation:
+
+    - ``health/chain_logp``, ``health/fresh_logp``, ``health/data_logp``: mean −F(s_v) (log p̃ with the
+      hidden units summed out) of the persistent chains, of fresh samples from a long independent run
+      (``reference``, from fair coins), and of the data's codes (visible part of argmax p(s|z) of the
+      validation images);
+    - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
+      when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
+    - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
+      ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
+      the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
+      parallel tempering).
+
+    A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
+    (and three standard errors), when the chains barely mix, or when a tempering swap rate is under
+    ``min_swap_acceptance``. The training random stream and the chains are left untouched. Under DDP
+    each rank measures its own chains and the values are averaged.
+
+    Args:
+        reference: the long independent run (default: 1,000 block-Gibbs sweeps from fair coins).
+        reference_samples: independent chains of that run.
+        mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
+        max_examples: validation images whose codes are scored.
+        lag_tolerance: chain lag (nats of log p̃) beyond which the log warns.
+        min_swap_acceptance: tempering swap rate under which the log warns.
+        seed, every_n_epochs, in_fast_dev_run: as for the other callbacks.
+    """
+
+    def __init__(
+        self,
+        reference: Sampler | None = None,
+        reference_samples: int = 100,
+        mixing_sweeps: int = 200,
+        max_examples: int = 1000,
+        lag_tolerance: float = 5.0,
+        min_swap_acceptance: float = 0.1,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        in_fast_dev_run: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, in_fast_dev_run)
+        if mixing_sweeps < 4:
+            raise ValueError(
+                f"mixing_sweeps must be >= 4 to estimate an autocorrelation, got {mixing_sweeps}"
+            )
+        self.reference = reference if reference is not None else BlockGibbs(steps=1000)
+        self.reference_samples = reference_samples
+        self.mixing_sweeps, self.max_examples = mixing_sweeps, max_examples
+        self.lag_tolerance, self.min_swap_acceptance, self.seed = lag_tolerance, min_swap_acceptance, seed
+        self._codes: list[torch.Tensor] = []
+
+    def _applies(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return self._due(trainer) and isinstance(pl_module.prior, RBMPrior)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._codes = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._applies(trainer, pl_module) and sum(map(len, self._codes)) < self.max_examples:
+            visible = pl_module.encode(batch[0])[:, : pl_module.prior.n_visible]
+            self._codes.append(torch.where(visible > 0.5, 1.0, -1.0))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._applies(trainer, pl_module):
+            return
+        prior: RBMPrior = pl_module.prior
+        model = prior.spin_model()
+        with torch.no_grad(), _fixed_noise(self.seed + trainer.global_rank):
+            fresh = self.reference.to(model.weight.device).sample(model, self.reference_samples)
+            chains = prior.sampler.persistent_states()
+            start = chains if chains is not None else fresh
+            flips, trace = self._mixing(model, start.to(model.weight.dtype))
+        fresh_logp = model.neg_free_energy(fresh)
+        metrics = {"health/fresh_logp": fresh_logp.mean(), "health/flip_rate": flips}
+        metrics["health/energy_iat"] = torch.tensor(integrated_autocorrelation_time(trace.T))
+        if chains is not None:
+            chain_logp = model.neg_free_energy(chains)
+            lag = chain_logp.mean() - fresh_logp.mean()
+            metrics |= {"health/chain_logp": chain_logp.mean(), "health/chain_lag": lag}
+            stderr = (chain_logp.var() / len(chain_logp) + fresh_logp.var() / len(fresh_logp)).sqrt()
+            if lag < -max(self.lag_tolerance, 3 * float(stderr)):
+                log.warning(
+                    "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
+                    "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "
+                    "classes. Lower the prior's learning rate (--model.prior_lr, or --model.prior_optimizer "
+                    "torch.optim.SGD), or mix better: more chains or sweeps, or "
+                    "--model.prior.sampler priors.ParallelTempering.",
+                    -float(lag),
+                    float(stderr),
+                    trainer.global_step,
+                )
+        if self._codes:
+            data_logp = model.neg_free_energy(torch.cat(self._codes).to(model.weight.dtype)).mean()
+            metrics |= {"health/data_logp": data_logp, "health/data_gap": data_logp - fresh_logp.mean()}
+        if metrics["health/energy_iat"] * SLOW_MIXING > self.mixing_sweeps:
+            log.warning(
+                "RBM health: the chains' energy stays correlated over %.0f of %d sweeps: the sampler barely "
+                "mixes. Use more sweeps per step or --model.prior.sampler priors.ParallelTempering.",
+                float(metrics["health/energy_iat"]),
+                self.mixing_sweeps,
+            )
+        for name, value in prior.sampler.statistics().items():
+            metrics[f"health/{name}"] = value
+            if name.startswith("swap_acceptance") and value < self.min_swap_acceptance:
+                log.warning(
+                    "RBM health: tempering swaps %s are accepted %.1f%% of the time: add replicas, raise "
+                    "min_beta, or set adaptive: true.",
+                    name.removeprefix("swap_acceptance_"),
+                    100 * float(value),
+                )
+        pl_module.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True
+        )
+
+    def _mixing(self, model, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block Gibbs from a copy of ``start``: mean fraction of visible spins flipped per sweep and the
+        trace of −F, (sweeps, chains)."""
+        s_v, flipped, trace = start.clone(), [], []
+        for _ in range(self.mixing_sweeps):
+            new = gibbs(model, s_v, 1)
+            flipped.append((new != s_v).float().mean())
+            trace.append(model.neg_free_energy(new))
+            s_v = new
+        return torch.stack(flipped).mean(), torch.stack(trace)

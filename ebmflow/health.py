@@ -1,0 +1,54 @@
+"""The numbers that say whether a model trains healthily (MATH.md §8): how long a chain's memory lasts,
+and how generated samples spread over the classes of the data. Pure functions of tensors; the
+callbacks in ``ebmflow.callbacks`` compute their inputs and log them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["class_coverage", "integrated_autocorrelation_time"]
+
+SOKAL_WINDOW = 5.0  # the window M is the smallest with M ≥ 5 τ(M) (Sokal 1997)
+
+
+def integrated_autocorrelation_time(series: Tensor) -> float:
+    """τ = 1 + 2 Σ_{t=1}^{M} ρ(t) of a quantity recorded along parallel chains, series: (chains, T).
+
+    The autocovariance is averaged over chains (each centred on its own mean) and computed by FFT;
+    M is Sokal's self-consistent window. τ is in units of the recording interval: 1 for independent
+    draws, (1 + φ)/(1 − φ) for an AR(1) process with coefficient φ. When no window fits in T (the chains
+    move too slowly to tell), the value at M = T − 1 is returned, a lower bound.
+    """
+    x = series.double()
+    x = x - x.mean(1, keepdim=True)
+    length = x.shape[1]
+    spectrum = torch.fft.rfft(x, n=2 * length)
+    autocovariance = torch.fft.irfft(spectrum.abs() ** 2, n=2 * length)[:, :length].mean(0)
+    if autocovariance[0] <= 0:
+        return 1.0  # a constant series: nothing to correlate
+    rho = autocovariance / autocovariance[0]
+    tau = 1 + 2 * torch.cumsum(rho[1:], 0)
+    windows = torch.arange(1, length, dtype=tau.dtype)
+    fits = (windows >= SOKAL_WINDOW * tau).nonzero()
+    return float(tau[fits[0, 0]] if len(fits) else tau[-1])
+
+
+def class_coverage(
+    sample_classes: Tensor, data_classes: Tensor, num_classes: int, threshold: float = 0.02
+) -> dict[str, float]:
+    """How generated samples spread over the classes, against the data's histogram.
+
+    Returns ``classes`` (how many classes hold at least ``threshold`` of the samples), ``max_share``
+    (the largest class's share) and ``kl`` (KL(samples ‖ data) in nats of the two class histograms;
+    0 when the samples have the data's proportions, log K when they all fall in one of K equally
+    common classes).
+    """
+    q = torch.bincount(sample_classes.flatten().long(), minlength=num_classes).double()
+    p = torch.bincount(data_classes.flatten().long(), minlength=num_classes).double()
+    q, p = q / q.sum(), p / p.sum()
+    held = q > 0
+    kl = float((q[held] * (q[held] / p[held]).log()).sum()) if bool((p[held] > 0).all()) else math.inf
+    return {"classes": float((q >= threshold).sum()), "max_share": float(q.max()), "kl": kl}

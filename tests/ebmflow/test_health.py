@@ -1,0 +1,121 @@
+"""Training health: autocorrelation time and class coverage against exact answers, and the ChainHealth
+and coverage measurements inside real Trainer runs."""
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebmflow.callbacks import ChainHealth, SampleQuality
+from ebmflow.data import DigitsDataModule
+from ebmflow.health import class_coverage, integrated_autocorrelation_time
+from priors import BlockGibbs, ParallelTempering, RBMPrior
+from tests.ebmflow.test_training import tiny_model, trainer
+
+
+def ar1(phi: float, chains: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(chains, length, generator=g, dtype=torch.float64)
+    x = torch.empty_like(noise)
+    x[:, 0] = noise[:, 0] / math.sqrt(1 - phi**2)  # stationary start
+    for t in range(1, length):
+        x[:, t] = phi * x[:, t - 1] + noise[:, t]
+    return x
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.8, 0.95])
+def test_autocorrelation_time_of_ar1_is_one_plus_phi_over_one_minus_phi(phi: float) -> None:
+    """200 chains of 4,000 steps: the estimate's standard error is ~2 % of τ, the tolerance 8 %."""
+    exact = (1 + phi) / (1 - phi)
+    assert integrated_autocorrelation_time(ar1(phi, 200, 4000)) == pytest.approx(exact, rel=0.08)
+
+
+def test_autocorrelation_time_of_a_drifting_chain_is_of_the_order_of_its_length() -> None:
+    drifting = torch.arange(100.0).repeat(4, 1)  # never forgets its start
+    assert integrated_autocorrelation_time(drifting) > 10
+    assert integrated_autocorrelation_time(torch.ones(3, 50)) == 1.0
+
+
+def test_class_coverage_exact_answers() -> None:
+    data = torch.arange(10).repeat(100)  # ten equally common classes
+    collapsed = class_coverage(torch.full((500,), 3), data, 10)
+    assert collapsed == {"classes": 1.0, "max_share": 1.0, "kl": pytest.approx(math.log(10))}
+    assert class_coverage(data, data, 10) == {"classes": 10.0, "max_share": 0.1, "kl": 0.0}
+    samples = torch.tensor([0] * 50 + [1] * 49 + [2])  # class 2 holds 1 %: not covered at 2 %
+    coverage = class_coverage(samples, data, 10)
+    expected_kl = 0.5 * math.log(5) + 0.49 * math.log(4.9) + 0.01 * math.log(0.1)
+    assert coverage == {"classes": 2.0, "max_share": 0.5, "kl": pytest.approx(expected_kl)}
+    assert class_coverage(torch.tensor([1]), torch.tensor([0]), 2)["kl"] == math.inf
+
+
+def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(tmp_path: Path) -> None:
+    """The logged chain log p̃ is −F of the final persistent chains, the lag its difference from the
+    fresh run; training is the same with and without the callback."""
+
+    def fit(callbacks):
+        torch.manual_seed(0)
+        model = tiny_model()
+        run = trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=2, callbacks=callbacks)
+        run.fit(model, DigitsDataModule(batch_size=64))
+        return model, run
+
+    health = ChainHealth(reference=BlockGibbs(steps=50), reference_samples=30, mixing_sweeps=20)
+    model, run = fit([health])
+    plain, _ = fit([])
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    m = {k: v.item() for k, v in run.callback_metrics.items() if k.startswith("health/")}
+    prior = model.prior
+    chains = prior.spin_model().neg_free_energy(prior.sampler.chains).mean().item()
+    assert m["health/chain_logp"] == pytest.approx(chains, abs=1e-4)
+    assert m["health/chain_lag"] == pytest.approx(m["health/chain_logp"] - m["health/fresh_logp"], abs=1e-4)
+    assert m["health/data_gap"] == pytest.approx(m["health/data_logp"] - m["health/fresh_logp"], abs=1e-4)
+    assert 0 < m["health/flip_rate"] < 1 and m["health/energy_iat"] > 0
+
+
+def stuck_model(sampler) -> object:
+    """An RBM whose visible fields all point to +1, with its persistent chains parked at all −1."""
+    model = tiny_model(RBMPrior(64, n_visible=52, sampler=sampler))
+    with torch.no_grad():
+        model.prior.bias[:52].fill_(2.0)
+        model.prior.sampler.persistent_states().fill_(-1.0)
+    return model
+
+
+def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, caplog) -> None:
+    model = stuck_model(BlockGibbs(3, 8))
+    health = ChainHealth(reference=BlockGibbs(steps=20), reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
+        run.validate(model, DigitsDataModule(batch_size=64))
+    lag = run.callback_metrics["health/chain_lag"].item()
+    assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
+    assert "lag the model by" in caplog.text and "prior_lr" in caplog.text
+
+
+def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> None:
+    model = stuck_model(ParallelTempering(steps=2, chains=8, replicas=3, min_beta=0.001))
+    model.train()
+    model.prior.loss(torch.randn(2, 64))  # one negative phase: swaps are offered
+    health = ChainHealth(reference=BlockGibbs(steps=20), reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
+        run.validate(model, DigitsDataModule(batch_size=64))
+    rates = {k: v.item() for k, v in run.callback_metrics.items() if "swap_acceptance" in k}
+    assert set(rates) == {"health/swap_acceptance_0_1", "health/swap_acceptance_1_2"}
+    assert all(0 <= r <= 1 for r in rates.values())
+    assert run.callback_metrics["health/beta_2"].item() == pytest.approx(0.001)
+
+
+def test_sample_quality_logs_class_coverage(tmp_path: Path) -> None:
+    callback = SampleQuality(feature="digits", num_samples=100, batch_size=40)
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[callback])
+    run.fit(tiny_model(), DigitsDataModule(batch_size=64))
+    classes = run.callback_metrics["val/coverage_classes"].item()
+    share = run.callback_metrics["val/coverage_max_share"].item()
+    assert classes in range(1, 11) and share * 100 == pytest.approx(round(share * 100))  # 100 samples
+    assert share >= 1 / 10 and run.callback_metrics["val/coverage_kl"].item() >= 0
+    data = callback._data_classes
+    assert len(data) == 359 and len(data.unique()) == 10  # the digits test split, all ten classes
