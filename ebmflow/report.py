@@ -1,5 +1,6 @@
 """``ebmflow report``: the paper's Table 1 (Markdown and CSV) and Fig. 1 (bits/dim, FID and IS against
-epoch, one line per run) from run directories' CSV logs (offline) or from a W&B group (online).
+the training step, one line per run, beside the training-health curves: class coverage of the samples
+and the RBM's chain lag) from run directories' CSV logs (offline) or from a W&B group (online).
 
     ebmflow report runs/cifar10/rbm runs/cifar10/bernoulli runs/cifar10/multicov runs/cifar10/gaussian \
         --out report
@@ -37,16 +38,27 @@ NAMES = {
 COLUMNS = (
     "model",
     "epochs",
+    "steps",
     "bits/dim",
     "bits/dim error",
     "IS",
     "IS std",
     "FID",
     "NMI",
+    "classes",
+    "max class share",
+    "chain lag",
     "parameters",
     "wall seconds",
 )
-CURVES = (("val/bpd_uniform", "bits/dim"), ("val/fid", "FID"), ("val/is", "Inception Score"))
+CURVES = (
+    ("val/bpd_uniform", "bits/dim"),
+    ("val/fid", "FID"),
+    ("val/is", "Inception Score"),
+    ("val/coverage_classes", "classes holding ≥ 2 % of samples"),
+    ("val/coverage_max_share", "largest class share"),
+    ("health/chain_lag", "chain lag (nats of log p̃)"),
+)
 
 
 def _number(value: object) -> float | None:
@@ -59,34 +71,41 @@ def _number(value: object) -> float | None:
 
 
 def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) -> dict:
-    """One row of the table and the per-epoch curves from a run's logged rows (dicts holding "epoch"
-    and metric values). Later rows win, so the test split's numbers, logged last, fill the bits/dim
-    column when they are there."""
+    """One row of the table and the curves against the training step from a run's logged rows (dicts
+    holding "epoch", "step" and metric values). Later rows win, so the test split's numbers, logged
+    last, fill the bits/dim column when they are there; the other columns are the last validation's."""
     last: dict[str, float] = {}
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
-    epochs = 0
+    epochs = steps = 0
     for row in rows:
-        epoch = _number(row.get("epoch"))
+        epoch, step = _number(row.get("epoch")), _number(row.get("step"))
         if epoch is None:
             continue
         epochs = max(epochs, int(epoch) + 1)
+        step = int(step) if step is not None else int(epoch)
+        if not any(k.startswith("test/") and _number(v) is not None for k, v in row.items()):
+            steps = max(steps, step)  # a test run logs at the step it was tested at
         for key, value in row.items():
             number = _number(value)
             if key in ("epoch", "step") or number is None:
                 continue
             last[key] = number
             if key in curves:
-                curves[key][int(epoch)] = number
+                curves[key][step] = number
     tested = "test/bpd_uniform" in last
     row = {
         "model": NAMES.get(prior, prior or name),
         "epochs": epochs,
+        "steps": steps,
         "bits/dim": last.get("test/bpd_uniform" if tested else "val/bpd_uniform", math.nan),
         "bits/dim error": last.get("test/bpd_uniform_stderr", math.nan) if tested else math.nan,
         "IS": last.get("val/is", math.nan),
         "IS std": last.get("val/is_std", math.nan),
         "FID": last.get("val/fid", math.nan),
         "NMI": last.get("val/code_nmi", math.nan),
+        "classes": last.get("val/coverage_classes", math.nan),
+        "max class share": last.get("val/coverage_max_share", math.nan),
+        "chain lag": last.get("health/chain_lag", math.nan),
         "parameters": num_parameters,
         "wall seconds": last.get("train/wall_seconds", math.nan),
     }
@@ -158,8 +177,9 @@ def _cell(value: float, digits: int, error: float = math.nan) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | epochs | bits/dim | IS | FID | NMI | parameters | wall time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | epochs | steps | bits/dim | IS | FID | NMI | classes ≥ 2 % | max class share "
+        "| chain lag | parameters | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         parameters = "–" if isinstance(r["parameters"], float) else f"{r['parameters']:,}"
@@ -167,10 +187,14 @@ def markdown(rows: list[dict]) -> str:
         cells = [
             r["model"],
             str(r["epochs"]),
+            f"{r['steps']:,}",
             _cell(r["bits/dim"], 3, r["bits/dim error"]),
             _cell(r["IS"], 2, r["IS std"]),
             _cell(r["FID"], 1),
             _cell(r["NMI"], 3),
+            _cell(r["classes"], 0),
+            _cell(r["max class share"], 2),
+            _cell(r["chain lag"], 1),
             parameters,
             wall if wall == "–" else f"{wall} h",
         ]
@@ -192,16 +216,16 @@ def write_report(runs: list[dict], out: str | Path) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    figure, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-    for axis, (key, label) in zip(axes, CURVES, strict=True):
+    figure, axes = plt.subplots(2, len(CURVES) // 2, figsize=(5 * len(CURVES) // 2, 7.2))
+    for axis, (key, label) in zip(axes.flat, CURVES, strict=True):
         for run in runs:
             if run["curves"][key]:
-                epochs, values = zip(*run["curves"][key], strict=True)
-                axis.plot(epochs, values, marker=".", label=run["row"]["model"])
-        axis.set_xlabel("epoch")
+                steps, values = zip(*run["curves"][key], strict=True)
+                axis.plot(steps, values, marker=".", label=run["row"]["model"])
+        axis.set_xlabel("training step")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes.flat[0].legend()
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=120)
     plt.close(figure)
