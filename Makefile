@@ -45,6 +45,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.flow_step
 	$(PY) -m bench.priors
+	$(PY) -m bench.samplers
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
