@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from ebmflow.cli import EBMFlowCLI, EBMFlowTrainer
 from ebmflow.data import ImageDataModule
@@ -41,3 +42,25 @@ def test_cpu_variant_composes_after_each_prior() -> None:
         assert count_parameters(cli.model.flow) < 1_000_000
         kinds = {type(c).__name__ for c in cli.trainer.callbacks}
         assert {"SampleQuality", "CodeNMI", "LogPartitionEstimate", "SampleGrids"} <= kinds
+
+
+def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """The prior's two samplers come from YAML; an external (NumPy, stateless) sampler trains the RBM."""
+    overlay = tmp_path / "samplers.yaml"
+    overlay.write_text(
+        "model:\n  prior:\n    init_args:\n      n_visible: 12\n"
+        "      sampler:\n        class_path: tests.priors.external_sampler.EnumerationSampler\n"
+        "        init_args: {chains: 32}\n"
+        "      generation_sampler:\n        class_path: priors.ParallelTempering\n"
+        "        init_args: {steps: 5, chains: 4, replicas: 3}\n"
+    )
+    cli = build(tiny_config, overlay)
+    prior = cli.model.prior
+    assert type(prior.sampler).__name__ == "EnumerationSampler" and prior.sampler.chains == 32
+    assert prior.generation_sampler.states.shape == (3, 4, 12)
+    before = prior.bias.detach().clone()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 4 and not torch.equal(prior.bias.detach(), before)
+    assert cli.model.sample(3).shape == (3, 1, 8, 8)
