@@ -108,6 +108,8 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.hflip = hflip
@@ -130,6 +132,11 @@ class ImageDataModule(L.LightningDataModule):
             self.test_set = self._test_set()
 
     def train_dataloader(self) -> ResumableLoader:
+        if self.batch_size > len(self.train_set):  # training batches are full ones (drop_last)
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds the {len(self.train_set):,} training images, so no "
+                "full batch could be drawn: lower --data.init_args.batch_size"
+            )
         self._train_loader = ResumableLoader(
             self.train_set, self.batch_size, True, self.seed, self.num_workers
         )

@@ -5,12 +5,14 @@ import io
 import tarfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ebmflow.data import DigitsDataModule, ImageFolderDataModule, ResumableLoader, TorchvisionDataModule
+from tests.ebmflow.test_training import tiny_model
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -94,3 +96,15 @@ def test_shared_fashion_mnist_loads() -> None:
     image, label = data.test_set[0]
     assert image.dtype == torch.uint8 and image.shape == (1, 28, 28) and 0 <= label < 10
     assert len(data.train_set) + len(data.val_set) == 60_000 and len(data.test_set) == 10_000
+
+
+def test_a_batch_larger_than_the_training_set_fails_before_training(tmp_path) -> None:
+    """Full batches only (drop_last): a batch size above the training set would train on nothing."""
+    data = DigitsDataModule(batch_size=5000)
+    run = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"batch_size 5000 exceeds the 1,\d+ training images"):
+        run.fit(tiny_model(), data)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        DigitsDataModule(batch_size=0)
