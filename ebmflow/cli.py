@@ -79,7 +79,8 @@ class EBMFlowTrainer(L.Trainer):
         Args:
             ckpt_path: checkpoint to load.
             split: "train", "val" or "test".
-            out: the .npz file to write (arrays: probabilities, codes, labels).
+            out: the .npz file to write (arrays: probabilities, codes, labels), or a folder to write
+                codes.npz into; ".npz" is added to a name without it.
         """
         model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         loader = torch.utils.data.DataLoader(datamodule.split(split), batch_size=256)
@@ -89,6 +90,10 @@ class EBMFlowTrainer(L.Trainer):
             labels.append(targets)
         p = torch.cat(probabilities)
         path = Path(out)
+        if path.is_dir() or out.endswith(("/", "\\")):
+            path = path / "codes.npz"  # a folder: the default file name inside it
+        elif path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")  # what np.savez would write
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
             path,

@@ -58,6 +58,13 @@ def test_fit_test_sample_encode(tiny_config: Path, tmp_path: Path, capsys: pytes
     assert ((codes["probabilities"] >= 0) & (codes["probabilities"] <= 1)).all()
     assert set(np.unique(codes["codes"])) <= {-1, 1}
     assert np.array_equal(codes["codes"] == 1, codes["probabilities"] > 0.5)
+    capsys.readouterr()
+    folder = tmp_path / "codes_folder"
+    folder.mkdir()
+    run("encode", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(folder))
+    assert (folder / "codes.npz").is_file() and f"wrote {folder / 'codes.npz'}" in capsys.readouterr().out
+    run("encode", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(tmp_path / "bare"))
+    assert f"wrote {tmp_path / 'bare.npz'}" in capsys.readouterr().out and (tmp_path / "bare.npz").is_file()
     assert sorted(np.unique(codes["labels"])) == list(range(10))
 
 
