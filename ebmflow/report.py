@@ -9,7 +9,8 @@ and the RBM's chain lag) from run directories' CSV logs (offline) or from a W&B 
 A run directory holds the CSVLogger's ``metrics.csv`` and ``hparams.yaml`` and LightningCLI's
 ``config.yaml`` (the layout of the configs in conf/). The bits/dim column is the test split's (with its
 standard error) once ``ebmflow test`` has logged into the run directory, the last validation value
-before that.
+before that (marked "(val)"). Damaged log rows are left out and named; a run directory that cannot be
+read is listed and the others are reported (exit status 1).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -41,6 +43,7 @@ COLUMNS = (
     "steps",
     "bits/dim",
     "bits/dim error",
+    "bits/dim split",
     "IS",
     "IS std",
     "FID",
@@ -99,6 +102,7 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
         "steps": steps,
         "bits/dim": last.get("test/bpd_uniform" if tested else "val/bpd_uniform", math.nan),
         "bits/dim error": last.get("test/bpd_uniform_stderr", math.nan) if tested else math.nan,
+        "bits/dim split": "test" if tested else "val",
         "IS": last.get("val/is", math.nan),
         "IS std": last.get("val/is_std", math.nan),
         "FID": last.get("val/fid", math.nan),
@@ -117,24 +121,43 @@ def _prior_name(config: dict | None) -> str:
 
 
 def read_run(folder: str | Path) -> dict:
-    """A run directory (metrics.csv, config.yaml, hparams.yaml) summarised: see ``summarise``."""
+    """A run directory (metrics.csv, config.yaml, hparams.yaml) summarised: see ``summarise``. Damaged
+    rows of metrics.csv (a line cut short by a kill) are left out; their line numbers are under
+    "damaged"."""
     folder = Path(folder)
     metrics_path = folder / "metrics.csv"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} is missing: pass the run directory that holds metrics.csv")
-    with metrics_path.open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows, damaged = read_metrics(metrics_path)
 
     def load(name: str) -> dict:
         path = folder / name
         return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
-    return summarise(
+    summary = summarise(
         folder.name,
         rows,
         _prior_name(load("config.yaml")),
         load("hparams.yaml").get("num_parameters", math.nan),
     )
+    return {**summary, "damaged": damaged}
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
+    """The rows of a CSV log and the line numbers of damaged ones: a row with another number of fields
+    than the header, or a last line without its end (written when the process was killed)."""
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return [], []
+    header = next(csv.reader(lines[:1]))
+    rows, damaged = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = next(csv.reader([line]), [])
+        if len(fields) != len(header) or not line.endswith("\n"):
+            damaged.append(number)
+        else:
+            rows.append(dict(zip(header, fields, strict=True)))
+    return rows, damaged
 
 
 def read_wandb_group(path: str, api: object | None = None) -> list[dict]:
@@ -188,7 +211,7 @@ def markdown(rows: list[dict]) -> str:
             r["model"],
             str(r["epochs"]),
             f"{r['steps']:,}",
-            _cell(r["bits/dim"], 3, r["bits/dim error"]),
+            _cell(r["bits/dim"], 3, r["bits/dim error"]) + (" (val)" if r["bits/dim split"] == "val" else ""),
             _cell(r["IS"], 2, r["IS std"]),
             _cell(r["FID"], 1),
             _cell(r["NMI"], 3),
@@ -240,8 +263,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb_group:
         parser.error("give run directories, --wandb-group ENTITY/PROJECT/GROUP, or both")
-    runs = [read_run(folder) for folder in args.runs]
+    runs, bad = [], []
+    for folder in args.runs:
+        try:
+            run = read_run(folder)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            bad.append(f"{folder}: {error}")
+            continue
+        for line in run["damaged"]:
+            print(
+                f"{Path(folder) / 'metrics.csv'}: line {line} is damaged (cut short?); left out",
+                file=sys.stderr,
+            )
+        runs.append(run)
     if args.wandb_group:
         runs += read_wandb_group(args.wandb_group)
-    for path in write_report(runs, args.out):
-        print(f"wrote {path}")
+    if runs:
+        for path in write_report(runs, args.out):
+            print(f"wrote {path}")
+    if bad:
+        print(f"left out {len(bad)} run(s):\n  " + "\n  ".join(bad), file=sys.stderr)
+        sys.exit(1)

@@ -45,7 +45,7 @@ TABLE = (
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     "| RBM-Flow | 3 | 39 | 3.180 ± 0.010 | 4.40 ± 0.10 | 105.0 | 0.520 | 10 | 0.14 | -1.5 "
     "| 31,420,584 | 1.00 h |\n"
-    "| Gaussian-Flow | 1 | 19 | 3.300 | 3.00 ± 0.20 | 130.0 | – | – | – | – | 31,445,192 | 0.42 h |\n"
+    "| Gaussian-Flow | 1 | 19 | 3.300 (val) | 3.00 ± 0.20 | 130.0 | – | – | – | – | 31,445,192 | 0.42 h |\n"
 )
 
 
@@ -65,6 +65,28 @@ def test_report_reproduces_the_table(tmp_path: Path) -> None:
     main(["report", str(runs[0]), str(tmp_path / "rbm-slow"), str(runs[1]), "--out", str(tmp_path / "two")])
     models = [line.split(" | ")[0] for line in (tmp_path / "two" / "table.md").read_text().splitlines()[2:]]
     assert models == ["| RBM-Flow (rbm)", "| RBM-Flow (rbm-slow)", "| Gaussian-Flow"]
+
+
+def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
+    """A kill mid-write leaves the last line without its end: its cut number (3.1 of 3.18) must not
+    become the run's bits/dim; the row is left out and named, the rest reported."""
+    folder = make_run(tmp_path, "rbm")
+    text = (folder / "metrics.csv").read_text()
+    (folder / "metrics.csv").write_text(text.rstrip("\n")[:-6])  # "...,3.18,0.01" -> "...,3.1"
+    main(["report", str(folder), "--out", str(tmp_path / "report")])
+    (row,) = list(csv.DictReader((tmp_path / "report" / "table.csv").open()))
+    assert float(row["bits/dim"]) == 3.25 and row["bits/dim split"] == "val"  # the last good row's
+    assert f"{folder / 'metrics.csv'}: line 7 is damaged" in capsys.readouterr().err
+
+
+def test_one_bad_run_directory_does_not_stop_the_report(tmp_path: Path, capsys) -> None:
+    good = make_run(tmp_path, "gaussian")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path / "empty"), str(good), "--out", str(tmp_path / "report")])
+    assert exit_info.value.code == 1
+    assert "Gaussian-Flow" in (tmp_path / "report" / "table.md").read_text()
+    assert "left out 1 run" in capsys.readouterr().err
 
 
 @dataclass
