@@ -26,7 +26,7 @@ from ebmflow.loggers import CSVLogger
 from ebmflow.module import EBMFlow
 from priors import DiscretePrior, discover_priors
 
-__all__ = ["EBMFlowCLI", "EBMFlowTrainer", "main"]
+__all__ = ["EBMFlowCLI", "EBMFlowTrainer", "main", "make_cli"]
 
 
 class EBMFlowTrainer(L.Trainer):
@@ -174,17 +174,24 @@ def main(args: list[str] | None = None) -> None:
     # Sharp mixture components drive exp() into the subnormal range, where CPU arithmetic is up to
     # ~40x slower; flushing subnormals to zero changes nothing at the precision the flow works in.
     torch.set_flush_denormal(True)
-    discover_priors()
     try:
-        EBMFlowCLI(
-            EBMFlow,
-            ImageDataModule,
-            trainer_class=EBMFlowTrainer,
-            subclass_mode_data=True,
-            save_config_callback=LoggedConfig,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-        )
+        make_cli(args)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
+
+
+def make_cli(args: list[str] | None = None, run: bool = True) -> EBMFlowCLI:
+    """The ``ebmflow`` command's LightningCLI, with its config saving and prior discovery; ``run=False``
+    parses ``args`` and builds the model, data and trainer without running a subcommand."""
+    discover_priors()
+    return EBMFlowCLI(
+        EBMFlow,
+        ImageDataModule,
+        trainer_class=EBMFlowTrainer,
+        subclass_mode_data=True,
+        save_config_callback=LoggedConfig,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
+        args=args,
+        run=run,
+    )

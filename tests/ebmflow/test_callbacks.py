@@ -19,7 +19,7 @@ from ebmflow.callbacks import (
 )
 from ebmflow.data import DigitsDataModule
 from priors import BlockGibbs, GaussianPrior, RBMPrior
-from tests.ebmflow.test_training import tiny_model, trainer
+from tests.ebmflow.helpers import tiny_model, trainer
 
 
 def test_code_nmi_is_one_for_class_codes_and_zero_for_random_ones() -> None:

@@ -5,9 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebmflow.cli import EBMFlowCLI, EBMFlowTrainer
-from ebmflow.data import ImageDataModule
-from ebmflow.module import EBMFlow
+from ebmflow.cli import EBMFlowCLI, make_cli
 from flows import count_parameters
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -15,10 +13,7 @@ PRIORS = ("gaussian", "bernoulli", "multicov", "rbm")
 
 
 def build(*paths: Path) -> EBMFlowCLI:
-    args = [arg for path in paths for arg in ("--config", str(path))]
-    return EBMFlowCLI(
-        EBMFlow, ImageDataModule, trainer_class=EBMFlowTrainer, subclass_mode_data=True, run=False, args=args
-    )
+    return make_cli([arg for path in paths for arg in ("--config", str(path))], run=False)
 
 
 @pytest.mark.parametrize("folder", [CONF, CONF / "fashion_mnist"])

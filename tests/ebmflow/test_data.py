@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ebmflow.data import DigitsDataModule, ImageFolderDataModule, ResumableLoader, TorchvisionDataModule
-from tests.ebmflow.test_training import tiny_model
+from tests.ebmflow.helpers import tiny_model
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 

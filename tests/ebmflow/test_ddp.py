@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.ebmflow.conftest import TINY
+from tests.ebmflow.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from ebmflow.callbacks import ChainHealth, SampleQuality
 from ebmflow.data import DigitsDataModule
 from ebmflow.health import class_coverage, integrated_autocorrelation_time
 from priors import BlockGibbs, ParallelTempering, RBMPrior
-from tests.ebmflow.test_training import tiny_model, trainer
+from tests.ebmflow.helpers import tiny_model, trainer
 
 
 def ar1(phi: float, chains: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebmflow.cli import main
+from ebmflow.cli import main, make_cli
 from ebmflow.report import read_run
-from tests.ebmflow.conftest import TINY
-from tests.ebmflow.test_configs import build
+from tests.ebmflow.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +47,9 @@ def test_csv_log_continues_through_test(tmp_path: Path) -> None:
     assert row["bits/dim"] == float(tested["test/bpd_uniform"])
     assert row["epochs"] == 1
     # hparams.yaml, rewritten by the test run, still holds the parameter count
-    assert row["parameters"] == sum(p.numel() for p in build(config).model.parameters())
+    assert row["parameters"] == sum(
+        p.numel() for p in make_cli(["--config", str(config)], run=False).model.parameters()
+    )
 
     # A fresh fit into the same directory stops before touching the log; resuming continues it.
     log = metrics.read_text()

@@ -8,30 +8,10 @@ import pytest
 import torch
 
 from ebmflow.data import DigitsDataModule
-from ebmflow.module import EBMFlow, NonFiniteLossError
-from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
-from priors import BlockGibbs, GaussianPrior, RBMPrior
-
-
-def tiny_model(prior=None, **kwargs) -> EBMFlow:
-    flow = FlowPlusPlus((1, 8, 8), filters=8, components=3, blocks=1, dropout=0.1)
-    prior = prior if prior is not None else RBMPrior(64, n_visible=52, sampler=BlockGibbs(3, 8))
-    return EBMFlow(flow, prior, **kwargs)
-
-
-def trainer(root: Path, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        limit_val_batches=1,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
+from ebmflow.module import NonFiniteLossError
+from flows import UniformDequantizer, VariationalDequantizer
+from priors import GaussianPrior
+from tests.ebmflow.helpers import tiny_model, trainer
 
 
 @pytest.mark.parametrize(

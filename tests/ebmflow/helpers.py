@@ -1,0 +1,60 @@
+"""Shared pieces of the application tests: a tiny RBM-Flow on the bundled digits (as a config and as a
+module) and a quiet CPU Trainer, small enough for a 2-core CI machine."""
+
+from pathlib import Path
+
+import lightning as L
+
+from ebmflow.module import EBMFlow
+from flows import FlowPlusPlus
+from priors import BlockGibbs, RBMPrior
+
+TINY = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu",
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "max_steps": 4,
+        "limit_val_batches": 2,
+        "num_sanity_val_steps": 0,
+    },
+    "model": {
+        "flow": {
+            "class_path": "flows.FlowPlusPlus",
+            "init_args": {"in_shape": [1, 8, 8], "filters": 8, "components": 3, "blocks": 1, "dropout": 0.1},
+        },
+        "prior": {
+            "class_path": "priors.RBMPrior",
+            "init_args": {
+                "dim": 64,
+                "n_visible": 52,
+                "sampler": {"class_path": "priors.BlockGibbs", "init_args": {"steps": 3, "chains": 8}},
+            },
+        },
+        "importance_samples": 2,
+    },
+    "data": {"class_path": "ebmflow.data.DigitsDataModule", "init_args": {"batch_size": 32}},
+}
+
+
+def tiny_model(prior=None, **kwargs) -> EBMFlow:
+    flow = FlowPlusPlus((1, 8, 8), filters=8, components=3, blocks=1, dropout=0.1)
+    prior = prior if prior is not None else RBMPrior(64, n_visible=52, sampler=BlockGibbs(3, 8))
+    return EBMFlow(flow, prior, **kwargs)
+
+
+def trainer(root: Path, **kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        limit_val_batches=1,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
