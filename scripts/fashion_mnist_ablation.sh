@@ -31,7 +31,9 @@ one() {
   echo "$(date +%T) fit $run for $steps steps"
   "$ebmflow" fit "${configs[@]}" --trainer.max_steps "$steps" > "$out/$run.fit.log" 2>&1
   echo "$(date +%T) test $run"
-  "$ebmflow" test "${configs[@]}" --ckpt_path "$out/$run/checkpoints/last.ckpt" > "$out/$run.test.log" 2>&1
+  # the uniform-dequantization bound on all 10,000 test images (importance sampling off: 5x faster)
+  "$ebmflow" test "${configs[@]}" --model.importance_samples 0 --ckpt_path "$out/$run/checkpoints/last.ckpt" \
+    > "$out/$run.test.log" 2>&1
   echo "$(date +%T) done $run"
 }
 
