@@ -345,7 +345,7 @@ class CodeNMI(_EveryNEpochs):
 
 
 class ChainHealth(_EveryNEpochs):
-    """Whether PCD's persistent chains follow the RBM (MATH.md §8), after every validation:
+    """Whether PCD's persistent chains follow the RBM (docs/maths.md §8), after every validation:
 
     - ``health/chain_logp``, ``health/fresh_logp``, ``health/data_logp``: mean −F(s_v) (log p̃ with the
       hidden units summed out) of the persistent chains, of fresh samples from a long independent run

@@ -1,4 +1,4 @@
-"""The numbers that say whether a model trains healthily (MATH.md §8): how long a chain's memory lasts,
+"""The numbers that say whether a model trains healthily (docs/maths.md §8): how long a chain's memory lasts,
 and how generated samples spread over the classes of the data. Pure functions of tensors; the
 callbacks in ``ebmflow.callbacks`` compute their inputs and log them."""
 

@@ -1,7 +1,7 @@
 """The EBMFlow LightningModule: dequantizer → Flow++ (logit preprocessing inside) → flatten → prior.
 
 All bits/dim are computed by one function and shared by the train, validation and test steps
-(MATH.md §1). Reported numbers:
+(docs/maths.md §1). Reported numbers:
 
 - ``train/objective``: the training loss in bits/dim (a bound on the variational-dequantization
   bits/dim); for the RBM prior it uses the latest log Z_s estimate, refreshed at validation when exact.
@@ -159,11 +159,11 @@ class EBMFlow(L.LightningModule):
         return self.prior.log_prob(z) + logdet - log_q - self.dims * math.log(256)
 
     def bits_per_dim(self, log_p: Tensor) -> Tensor:
-        """log-likelihood in nats -> bits per dimension (MATH.md §1)."""
+        """log-likelihood in nats -> bits per dimension (docs/maths.md §1)."""
         return -log_p / (self.dims * math.log(2))
 
     def importance_weighted(self, images: Tensor, samples: int) -> Tensor:
-        """log (1/K) Σ_k p(x, u_k) / q(u_k | x), (batch,) (MATH.md §1)."""
+        """log (1/K) Σ_k p(x, u_k) / q(u_k | x), (batch,) (docs/maths.md §1)."""
         log_w = torch.stack([self.log_likelihood(images, self.dequantizer) for _ in range(samples)])
         return torch.logsumexp(log_w, dim=0) - math.log(samples)
 

@@ -1,5 +1,5 @@
 """Dequantization: turning 8-bit images into continuous data y = (x + u) / 256 with noise u ∈ (0, 1)
-drawn from q(u | x), together with log q(u | x) (MATH.md §1)."""
+drawn from q(u | x), together with log q(u | x) (docs/maths.md §1)."""
 
 from __future__ import annotations
 

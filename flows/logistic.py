@@ -1,6 +1,6 @@
 """The mixture-of-logistics CDF coupling transform of Flow++ (Ho et al. 2019) and its fast inverse.
 
-Forward (MATH.md §2), per element with K mixture components:
+Forward (docs/maths.md §2), per element with K mixture components:
 
     c  = Σ_k π_k σ((x − μ_k) e^{−s_k})
     y  = logit(c) · e^{a} + b

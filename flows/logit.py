@@ -14,7 +14,7 @@ __all__ = ["Logit", "log_sigmoid_derivative"]
 
 
 class Logit(Bijection):
-    """``y -> logit(α + (1 − 2α) y)`` elementwise; MATH.md §1.
+    """``y -> logit(α + (1 − 2α) y)`` elementwise; docs/maths.md §1.
 
     ``α`` keeps the logit finite at the ends of (0, 1); the log-determinant is computed from the same
     ``p = α + (1 − 2α) y`` the forward pass uses: ``Σ log(1 − 2α) − log p − log(1 − p)``.

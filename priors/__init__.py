@@ -1,4 +1,4 @@
-"""Prior plugins: base densities over z ∈ R^N for the flow (MATH.md §3–§6)."""
+"""Prior plugins: base densities over z ∈ R^N for the flow (docs/maths.md §3–§6)."""
 
 from priors.base import DiscretePrior, Prior
 from priors.bernoulli import BernoulliPrior

@@ -1,4 +1,4 @@
-"""The partition function Z_s of an RBM over ±1 spins (MATH.md §5): exact enumeration over the
+"""The partition function Z_s of an RBM over ±1 spins (docs/maths.md §5): exact enumeration over the
 smaller layer, and annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) with the
 hidden units summed out."""
 

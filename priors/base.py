@@ -42,7 +42,7 @@ class Prior(nn.Module, abc.ABC):
 
     def loss(self, z: Tensor) -> Tensor:
         """z: (batch, dim) -> scalar whose gradient is (an unbiased estimate of) the gradient of
-        −mean log p(z) with respect to z and the prior's parameters (MATH.md §4)."""
+        −mean log p(z) with respect to z and the prior's parameters (docs/maths.md §4)."""
         self._check_z(z)
         with _exact_precision(z):
             return self._loss(z)

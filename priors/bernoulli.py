@@ -1,4 +1,4 @@
-"""D-Flow's prior: independent smoothed spins (J = 0), MATH.md §3 and §6.
+"""D-Flow's prior: independent smoothed spins (J = 0), docs/maths.md §3 and §6.
 
 p(z) = Π_i [σ(2h_i) N(z_i; +1, 1/Δ) + σ(−2h_i) N(z_i; −1, 1/Δ)], with exact log Z and exact samples.
 """

@@ -1,4 +1,4 @@
-"""The standard normal prior of Gaussian-Flow (MATH.md §6)."""
+"""The standard normal prior of Gaussian-Flow (docs/maths.md §6)."""
 
 from __future__ import annotations
 

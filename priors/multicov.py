@@ -1,4 +1,4 @@
-"""MultiCov-Flow's prior: a multivariate normal with the smoothed RBM's precision (MATH.md §6)."""
+"""MultiCov-Flow's prior: a multivariate normal with the smoothed RBM's precision (docs/maths.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The precision matrix J̃ = ΔI + [[0, W], [Wᵀ, 0]] of the smoothed RBM and of MultiCov (MATH.md §3),
+"""The precision matrix J̃ = ΔI + [[0, W], [Wᵀ, 0]] of the smoothed RBM and of MultiCov (docs/maths.md §3),
 in factored form, and the module that parametrises it so it is positive definite by construction.
 
 Everything goes through the Schur complement S = ΔI − WᵀW/Δ (n_h × n_h), never an N × N
@@ -70,7 +70,7 @@ class SmoothedPrecision:
 class CouplingMatrix(nn.Module):
     """Parametrises W (n_v × n_h) and Δ so that J̃ is positive definite for every parameter value.
 
-    W = V · min(1, ρΔ / σ_max(V)) with ρ = ``max_ratio`` < 1, so σ_max(W) ≤ ρΔ < Δ (MATH.md §3: J̃ ≻ 0
+    W = V · min(1, ρΔ / σ_max(V)) with ρ = ``max_ratio`` < 1, so σ_max(W) ≤ ρΔ < Δ (docs/maths.md §3: J̃ ≻ 0
     exactly when Δ > σ_max(W)). σ_max(V) = uᵀVv comes from one power iteration per training call on
     persistent vectors u, v (as torch's spectral_norm); power iteration under-estimates σ_max, so the
     Cholesky factorisation of the Schur complement certifies the result and, when it fails, u and v

@@ -1,4 +1,4 @@
-"""RBM-Flow's prior: a Gaussian-smoothed restricted Boltzmann machine (MATH.md §3–§5)."""
+"""RBM-Flow's prior: a Gaussian-smoothed restricted Boltzmann machine (docs/maths.md §3–§5)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class RBMPrior(SmoothedSpinPrior):
     Training (``loss``) uses persistent contrastive divergence (Tieleman 2008): in training mode each
     call asks ``sampler`` for its negative phase (persistent chains, kept in the sampler's buffers and
     saved in checkpoints). The model term of the loss is Rao-Blackwellised: the hidden units are
-    summed out, which has the same expectation as MATH.md §4's s_vᵀW s_h + hᵀs and a lower variance.
+    summed out, which has the same expectation as docs/maths.md §4's s_vᵀW s_h + hᵀs and a lower variance.
     The loss's value is −mean log p(z) with the latest log Z_s estimate; its gradient is the PCD
     estimate. ``sample`` draws spins from ``generation_sampler`` (by default the training sampler's
     independent ``sample``).
@@ -127,7 +127,7 @@ class RBMPrior(SmoothedSpinPrior):
         loss = self.energy(z, precision).mean() + model_term - 0.5 * precision.logdet()
         if self.learn_delta:
             loss = loss + 0.5 * self.dim * precision.delta
-        # A constant offset makes the value −mean log p(z) with the latest log Z_s estimate (MATH.md §4)
+        # A constant offset makes the value −mean log p(z) with the latest log Z_s estimate (docs/maths.md §4)
         # and leaves the gradient PCD's.
         offset = self.log_z_estimate - model_term + 0.5 * self.dim * LOG_2PI
         if not self.learn_delta:

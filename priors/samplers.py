@@ -1,5 +1,5 @@
 """Samplers of an RBM's spins: the plugin through which the training negative phase (PCD) and
-generation draw from p(s) (MATH.md §4, §8).
+generation draw from p(s) (docs/maths.md §4, §8).
 
 The contract (``Sampler``) speaks only of the spin model's parameters and of visible states, so a
 sampler need not be a PyTorch Gibbs loop: a hardware sampler (the paper's §5 expects quantum
@@ -42,8 +42,9 @@ class RBM:
         return self.weight.shape[0]
 
     def neg_free_energy(self, s_v: Tensor, beta: float | Tensor = 1.0) -> Tensor:
-        """−F_β(s_v) = β h_vᵀs_v + Σ_j log 2cosh(β (Wᵀs_v + h_h)_j) (MATH.md §8); s_v: (..., n_v) -> (...).
-        log p(s_v) = −F(s_v) − log Z_s at β = 1. ``beta`` broadcasts against the leading dimensions."""
+        """−F_β(s_v) = β h_vᵀs_v + Σ_j log 2cosh(β (Wᵀs_v + h_h)_j) (docs/maths.md §8);
+        s_v: (..., n_v) -> (...). log p(s_v) = −F(s_v) − log Z_s at β = 1. ``beta`` broadcasts against
+        the leading dimensions."""
         beta = _leading(beta, self.weight)
         s = s_v.to(self.weight.dtype)
         return beta.squeeze(-1) * (s @ self.bias_v) + log_2cosh(beta * (s @ self.weight + self.bias_h)).sum(
@@ -79,7 +80,7 @@ class Sampler(nn.Module, abc.ABC):
     @abc.abstractmethod
     def negative_phase(self, model: RBM) -> Tensor:
         """-> (m, n_v) visible states whose average statistics estimate the model term of the PCD
-        gradient (MATH.md §4). A persistent sampler advances its chains here."""
+        gradient (docs/maths.md §4). A persistent sampler advances its chains here."""
 
     @abc.abstractmethod
     def sample(self, model: RBM, n: int) -> Tensor:
@@ -95,7 +96,7 @@ class Sampler(nn.Module, abc.ABC):
 
 
 class BlockGibbs(Sampler):
-    """Block-Gibbs sweeps s_h | s_v, s_v | s_h (MATH.md §4): PCD's persistent chains when training,
+    """Block-Gibbs sweeps s_h | s_v, s_v | s_h (docs/maths.md §4): PCD's persistent chains when training,
     ``steps`` sweeps from independent fair spins when sampling.
 
     Args:
@@ -148,7 +149,8 @@ def _hidden_field(model: RBM, s_v: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _sweep(model: RBM, hidden_field: Tensor, beta: float | Tensor, dtype: torch.dtype) -> Tensor:
-    """s_h ~ p_β(s_h | s_v) from its field, then s_v ~ p_β(s_v | s_h) (MATH.md §8): new visible states."""
+    """s_h ~ p_β(s_h | s_v) from its field, then s_v ~ p_β(s_v | s_h) (docs/maths.md §8): new visible
+    states."""
     beta = _leading(beta, hidden_field)
     s_h = sample_spins(beta * hidden_field)
     visible_field = (s_h.to(dtype) @ model.weight.T.to(dtype)).to(model.weight.dtype) + model.bias_v
@@ -156,7 +158,7 @@ def _sweep(model: RBM, hidden_field: Tensor, beta: float | Tensor, dtype: torch.
 
 
 class ParallelTempering(Sampler):
-    """Replicas on an inverse-temperature ladder 1 = β_1 > … > β_R (MATH.md §8): each sweep advances
+    """Replicas on an inverse-temperature ladder 1 = β_1 > … > β_R (docs/maths.md §8): each sweep advances
     every replica by block Gibbs at its own β, then offers swaps of visible states between neighbours
     (even pairs on even sweeps, odd pairs on odd ones). The β = 1 replicas are the PCD chains.
 
@@ -252,7 +254,8 @@ class ParallelTempering(Sampler):
     def _swap(
         self, model: RBM, states: Tensor, field: Tensor, betas: Tensor, parity: int, accepted, offered
     ) -> tuple[Tensor, Tensor]:
-        """Metropolis swaps of visible states between replicas (k, k+1), k ≡ parity (mod 2) (MATH.md §8)."""
+        """Metropolis swaps of visible states between replicas (k, k+1), k ≡ parity (mod 2)
+        (docs/maths.md §8)."""
         low = torch.arange(parity, len(betas) - 1, 2, device=states.device)
         if len(low) == 0:
             return states, field

@@ -1,5 +1,5 @@
 """Gaussian smoothing of a Boltzmann machine (Zhang et al. 2012; Hartnett & Mohseni 2020), the
-base density shared by RBM-Flow and D-Flow (MATH.md §3):
+base density shared by RBM-Flow and D-Flow (docs/maths.md §3):
 
     p(z | s) = N(z; s, J̃⁻¹)
     log p(z) = −E(z) − log Z_z,   E(z) = ½ zᵀJ̃z − Σ_i log 2cosh(h̃_i),   h̃ = J̃z + h

@@ -18,7 +18,7 @@ def log_2cosh(x: Tensor) -> Tensor:
 
 
 def sample_spins(field: Tensor) -> Tensor:
-    """Independent spins with p(s = +1) = σ(2 · field) (MATH.md §3, corrected), same shape as field."""
+    """Independent spins with p(s = +1) = σ(2 · field) (docs/maths.md §3, corrected), same shape as field."""
     return torch.where(torch.rand_like(field) < torch.sigmoid(2 * field), 1.0, -1.0).to(field.dtype)
 
 

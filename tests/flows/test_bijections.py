@@ -1,5 +1,5 @@
 """The shared property test: every bijection inverts exactly and reports the log-determinant of its
-autograd Jacobian (MATH.md §7)."""
+autograd Jacobian (docs/maths.md §7)."""
 
 from collections.abc import Callable
 

@@ -1,4 +1,4 @@
-"""Normalisation, exact partition functions, exact posteriors (MATH.md §7)."""
+"""Normalisation, exact partition functions, exact posteriors (docs/maths.md §7)."""
 
 import math
 
@@ -55,7 +55,7 @@ def test_bernoulli_log_partition_is_exact() -> None:
 
 
 def test_one_spin_matches_the_mixture_in_math_md() -> None:
-    """MATH.md §3 sanity check: N = 1, J = 0, p(z) = Σ_s e^{hs}/(2cosh h) N(z; s, 1/Δ)."""
+    """docs/maths.md §3 sanity check: N = 1, J = 0, p(z) = Σ_s e^{hs}/(2cosh h) N(z; s, 1/Δ)."""
     prior = BernoulliPrior(1, delta=1.7).double()
     with torch.no_grad():
         prior.bias.fill_(0.8)

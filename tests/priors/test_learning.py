@@ -1,5 +1,5 @@
 """AIS against exact log Z, the PCD gradient against the exact gradient, and positive definiteness
-under adversarial updates (MATH.md §4, §5, §7)."""
+under adversarial updates (docs/maths.md §4, §5, §7)."""
 
 import pytest
 import torch
