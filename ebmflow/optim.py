@@ -28,6 +28,10 @@ class CombinedOptimizer(Optimizer):
         if len({id(p) for p in params}) != len(params):
             raise ValueError("a parameter belongs to two of the combined optimisers")
         super().__init__(params, {})
+        self._share_children()
+
+    def _share_children(self) -> None:
+        """Expose the children's groups and states (loading a state replaces theirs: share them anew)."""
         self.param_groups = [group for o in self.optimizers for group in o.param_groups]
         self.state = ChainMap(*(o.state for o in self.optimizers))
 
@@ -59,6 +63,7 @@ class CombinedOptimizer(Optimizer):
             )
         for optimizer, state in zip(self.optimizers, saved, strict=True):
             optimizer.load_state_dict(state)
+        self._share_children()
 
     def __repr__(self) -> str:
         inner = ", ".join(type(o).__name__ for o in self.optimizers)
