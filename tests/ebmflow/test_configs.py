@@ -25,8 +25,24 @@ def test_ablation_parameter_counts_match(folder: Path) -> None:
     assert counts["rbm"] != counts["gaussian"]  # the flows really differ in size
 
 
-def test_demo_config_builds() -> None:
-    assert build(CONF / "demo.yaml").model.prior.log_partition_is_exact
+def test_demo_config_builds_and_logs_training_health() -> None:
+    cli = build(CONF / "demo.yaml")
+    assert cli.model.prior.log_partition_is_exact
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"ChainHealth", "SampleQuality"} <= kinds  # health/chain_lag and val/coverage_* in the demo
+
+
+def test_rbm_configs_train_the_prior_by_sgd_with_many_chains() -> None:
+    """The healthy defaults (README, RBM-Flow training health) in the paper and CPU configs."""
+    for paths in (
+        (CONF / "rbm.yaml",),
+        (CONF / "fashion_mnist" / "rbm.yaml", CONF / "fashion_mnist" / "cpu_small.yaml"),
+    ):
+        model = build(*paths).model
+        optimizer = model.configure_optimizers()
+        kinds = [type(o).__name__ for o in optimizer.optimizers]
+        assert kinds == ["Adam", "SGD"] and optimizer.optimizers[1].param_groups[0]["momentum"] == 0.9
+        assert model.prior.sampler.num_chains == 100 and model.prior.sampler.steps == 50
 
 
 def test_cpu_variant_composes_after_each_prior() -> None:
