@@ -5,8 +5,7 @@ only under manual optimisation, where each step would also count as a global ste
 
 from __future__ import annotations
 
-from collections import ChainMap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ class CombinedOptimizer(Optimizer):
     def _share_children(self) -> None:
         """Expose the children's groups and states (loading a state replaces theirs: share them anew)."""
         self.param_groups = [group for o in self.optimizers for group in o.param_groups]
-        self.state = ChainMap(*(o.state for o in self.optimizers))
+        self.state = _States(self.optimizers)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -68,3 +67,25 @@ class CombinedOptimizer(Optimizer):
     def __repr__(self) -> str:
         inner = ", ".join(type(o).__name__ for o in self.optimizers)
         return f"CombinedOptimizer({inner})"
+
+
+class _States(Mapping):
+    """The children's per-parameter states as one read-only mapping. Looking a parameter up never
+    creates an entry (a ChainMap over their defaultdicts would add every other child's parameters to the
+    first child's state, which then cannot be saved)."""
+
+    def __init__(self, optimizers: Sequence[Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def __getitem__(self, parameter: object) -> Any:
+        for optimizer in self.optimizers:
+            if parameter in optimizer.state:
+                return optimizer.state[parameter]
+        raise KeyError(parameter)
+
+    def __iter__(self) -> Iterator[object]:
+        for optimizer in self.optimizers:
+            yield from optimizer.state
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self.optimizers)

@@ -61,6 +61,12 @@ def test_a_scheduler_acts_on_both_and_state_round_trips() -> None:
     assert [g["lr"] for o in restored.optimizers for g in o.param_groups] == [0.025, 0.125]
     assert torch.equal(a, a2) and torch.equal(b, b2)  # moments and momentum came back exactly
     assert len(combined.state) == 2  # both optimisers' per-parameter states are visible as one
+    assert dict(combined.state.items()) == {
+        a: combined.optimizers[0].state[a],
+        b: combined.optimizers[1].state[b],
+    }
+    assert len(combined.optimizers[0].state) == 1  # reading the merged view added nothing to a child
+    combined.state_dict()  # and each child can still be saved
 
 
 def test_mismatched_state_and_shared_parameters_fail_clearly() -> None:
