@@ -118,8 +118,7 @@ class LogPartitionEstimate(_EveryNEpochs):
             if self.test_batches != 0:
                 values[3] = self.test_bits_per_dim(trainer, pl_module)
         values = trainer.strategy.broadcast(values, src=0)
-        prior.log_z_estimate.copy_(values[0])
-        prior.log_z_stderr.copy_(values[1])
+        prior.set_log_partition(values[0], values[1])
         metrics = {"ais/log_z_s": values[0], "ais/stderr": values[1], "ais/seconds": values[2]}
         if self.test_batches != 0:
             metrics["ais/test_bpd"] = values[3]

@@ -7,11 +7,15 @@ implement the private methods only.
 from __future__ import annotations
 
 import abc
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DiscretePrior", "Prior"]
+__all__ = ["DiscretePrior", "PartitionMethod", "Prior"]
+
+PartitionMethod = Literal["auto", "exact", "ais"]
+PARTITION_METHODS = get_args(PartitionMethod)
 
 
 class Prior(nn.Module, abc.ABC):
@@ -113,10 +117,24 @@ class DiscretePrior(Prior):
         with _exact_precision(z):
             return self._posterior(z)
 
-    def estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]:
-        """Estimate log Z_s of p(s); returns (value, standard error) and keeps the value for log_prob."""
+    def estimate_log_partition(
+        self, method: PartitionMethod = "auto", steps: int | None = None, chains: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Estimate log Z_s of p(s); returns (value, standard error) and keeps the value for log_prob.
+
+        Args:
+            method: "auto" (exact where the prior can enumerate or has a closed form, else AIS),
+                "exact" or "ais".
+            steps, chains: the AIS schedule (None: the prior's defaults); ignored when exact.
+        """
+        if method not in PARTITION_METHODS:
+            raise ValueError(f"method must be one of {PARTITION_METHODS}, got {method!r}")
         with torch.no_grad(), _exact_precision(self._anchor):
-            return self._estimate_log_partition(**kwargs)
+            return self._estimate_log_partition(method, steps, chains)
+
+    def set_log_partition(self, value: Tensor, stderr: Tensor) -> None:
+        """Use this estimate of log Z_s (with its standard error) in ``log_prob`` from now on, e.g. one
+        computed on another rank. Priors whose log Z is exact ignore it."""
 
     @abc.abstractmethod
     def _sample_discrete(self, n: int) -> Tensor: ...
@@ -128,7 +146,9 @@ class DiscretePrior(Prior):
     def _posterior(self, z: Tensor) -> Tensor: ...
 
     @abc.abstractmethod
-    def _estimate_log_partition(self, **kwargs) -> tuple[Tensor, Tensor]: ...
+    def _estimate_log_partition(
+        self, method: PartitionMethod, steps: int | None, chains: int | None
+    ) -> tuple[Tensor, Tensor]: ...
 
 
 def _exact_precision(like: Tensor) -> torch.autocast:

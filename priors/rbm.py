@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 
 from priors.ais import ais_log_partition, exact_log_partition
+from priors.base import PartitionMethod
 from priors.precision import CouplingMatrix, SmoothedPrecision, visible_units
 from priors.samplers import RBM, BlockGibbs, Sampler
 from priors.smoothed import SmoothedSpinPrior
-from priors.spins import LOG_2PI, log_2cosh, sample_spins
+from priors.spins import log_2cosh, sample_spins
 
 __all__ = ["RBMPrior"]
 
@@ -124,15 +125,9 @@ class RBMPrior(SmoothedSpinPrior):
         bias_v, bias_h = self._biases()
         s_v = s_v.to(z.dtype)
         model_term = (s_v @ bias_v + log_2cosh(s_v @ precision.weight + bias_h).sum(1)).mean()
-        loss = self.energy(z, precision).mean() + model_term - 0.5 * precision.logdet()
-        if self.learn_delta:
-            loss = loss + 0.5 * self.dim * precision.delta
-        # A constant offset makes the value −mean log p(z) with the latest log Z_s estimate (docs/maths.md §4)
-        # and leaves the gradient PCD's.
-        offset = self.log_z_estimate - model_term + 0.5 * self.dim * LOG_2PI
-        if not self.learn_delta:
-            offset = offset + 0.5 * self.dim * precision.delta
-        return loss + offset.detach()
+        # log Z_s's value is the latest estimate, its gradient the chains' E[∂ log p̃] (docs/maths.md §4).
+        log_partition_spins = model_term + (self.log_z_estimate - model_term).detach()
+        return self.energy(z, precision).mean() + self.log_partition(precision, log_partition_spins)
 
     def sample_visible(self, n: int) -> Tensor:
         """n visible states from the generation sampler: (n, n_v)."""
@@ -147,12 +142,13 @@ class RBMPrior(SmoothedSpinPrior):
             s_h = sample_spins(s_v @ model.weight + model.bias_h)
             return torch.cat([s_v, s_h], dim=1)
 
+    def set_log_partition(self, value: Tensor, stderr: Tensor) -> None:
+        self.log_z_estimate.copy_(value)
+        self.log_z_stderr.copy_(stderr)
+
     def _estimate_log_partition(
-        self, method: str = "auto", steps: int | None = None, chains: int | None = None
+        self, method: PartitionMethod, steps: int | None, chains: int | None
     ) -> tuple[Tensor, Tensor]:
-        """method: "auto" (exact when enumerable, else AIS), "exact" or "ais"."""
-        if method not in ("auto", "exact", "ais"):
-            raise ValueError(f'method must be "auto", "exact" or "ais", got {method!r}')
         weight = self.precision().weight
         if method == "exact" or (method == "auto" and self.log_partition_is_exact):
             value, stderr = exact_log_partition(weight, *self._biases()), weight.new_zeros(())
@@ -160,6 +156,5 @@ class RBMPrior(SmoothedSpinPrior):
             steps = steps or self.ais_steps
             betas = torch.linspace(0, 1, steps + 1, dtype=weight.dtype, device=weight.device)
             value, stderr = ais_log_partition(weight, *self._biases(), betas, chains or self.ais_chains)
-        self.log_z_estimate.copy_(value)
-        self.log_z_stderr.copy_(stderr)
+        self.set_log_partition(value, stderr)
         return value, stderr

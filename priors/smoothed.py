@@ -48,15 +48,15 @@ class SmoothedSpinPrior(DiscretePrior):
         jz = precision.matvec(z)
         return 0.5 * (z * jz).sum(1) - log_2cosh(jz + self.bias).sum(1)
 
-    def log_partition(self, precision: SmoothedPrecision) -> Tensor:
-        """log Z_z, the normaliser of exp(−E(z))."""
+    def log_partition(
+        self, precision: SmoothedPrecision, log_partition_spins: Tensor | None = None
+    ) -> Tensor:
+        """log Z_z, the normaliser of exp(−E(z)), from log Z_s (by default ``log_partition_spins``; the RBM's
+        loss passes a stand-in whose value is the latest estimate and whose gradient is PCD's)."""
+        if log_partition_spins is None:
+            log_partition_spins = self.log_partition_spins(precision)
         n = self.dim
-        return (
-            self.log_partition_spins(precision)
-            + 0.5 * n * LOG_2PI
-            - 0.5 * precision.logdet()
-            + 0.5 * n * precision.delta
-        )
+        return log_partition_spins + 0.5 * n * LOG_2PI - 0.5 * precision.logdet() + 0.5 * n * precision.delta
 
     def _log_prob(self, z: Tensor) -> Tensor:
         precision = self.precision()

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from ebmflow.cli import make_cli
 from tests.ebmflow.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,3 +78,46 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
         "discrete_columns_epoch=0000.png",
         "samples_epoch=0000.png",
     ]
+
+
+@pytest.mark.slow
+def test_a_third_party_priors_rank_local_state_stays_per_rank(tmp_path: Path) -> None:
+    """Under two-process DDP a prior's declared rank-local buffer, whatever its name, differs between
+    ranks, is saved for both, and each rank (here rank 0, in one process) gets its own copy back."""
+    trainer = {
+        **TINY["trainer"],
+        "default_root_dir": str(tmp_path / "run"),
+        "devices": 2,
+        "strategy": "ddp",
+        "max_steps": 3,
+        "limit_val_batches": 0,
+        "callbacks": [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(tmp_path / "ck"), "save_last": True},
+            }
+        ],
+    }
+    model = {
+        **TINY["model"],
+        "prior": {"class_path": "tests.ebmflow.walker_prior.WalkerPrior", "init_args": {"dim": 64}},
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "trainer": trainer, "model": model}))
+    command = [str(Path(sys.executable).parent / "ebmflow"), "fit", "--config", str(path)]
+    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "PYTHONPATH": str(ROOT)}  # finds tests/
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    walkers = state["state_dict"]["prior.walkers"]
+    assert state["ebmflow_rank_local"] == ["prior.walkers"] and walkers.shape == (2, 4, 64)
+    assert not torch.equal(walkers[0], walkers[1])
+
+    module = make_cli(
+        ["--config", str(path), "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False
+    ).model
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"])
+    assert torch.equal(module.prior.walkers, walkers[0])

@@ -35,9 +35,10 @@ def test_log_prob_uses_latest_estimate_when_not_enumerable() -> None:
     assert not prior.log_partition_is_exact
     z = torch.randn(3, 8, dtype=torch.float64)
     before = prior.log_prob(z)
-    with torch.no_grad():
-        prior.log_z_estimate.add_(1.5)
-    assert torch.allclose(prior.log_prob(z), before - 1.5)
+    prior.set_log_partition(prior.log_z_estimate + 1.5, torch.tensor(0.2))
+    assert torch.allclose(prior.log_prob(z), before - 1.5) and prior.log_z_stderr.item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        prior.estimate_log_partition(method="enumerate")
 
 
 def pcd_gradients(prior: RBMPrior, z: torch.Tensor) -> dict[str, torch.Tensor]:
