@@ -62,7 +62,6 @@ class RBMPrior(SmoothedSpinPrior):
         super().__init__(dim)
         n_visible = visible_units(dim, n_visible)
         self.n_visible = n_visible
-        self.learn_delta = learn_delta
         self.exact_max_units = exact_max_units
         self.ais_steps = ais_steps
         self.ais_chains = ais_chains
