@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -178,7 +179,7 @@ class SampleQuality(_EveryNEpochs):
 
     def __init__(
         self,
-        feature: str = "inception",
+        feature: Literal["inception", "digits", "mnist", "fashion_mnist"] = "inception",
         num_samples: int = 10_000,
         batch_size: int = 500,
         temperature: float = 1.0,

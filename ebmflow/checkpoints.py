@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "read_checkpoint"]
+__all__ = ["CheckpointError", "check_compatible", "read_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -32,3 +32,33 @@ def read_checkpoint(path: str | Path) -> dict:
     if not any(key.startswith("flow.") for key in checkpoint["state_dict"]):
         raise CheckpointError(f"{path} was not saved by ebmflow: its state_dict has no 'flow.' weights")
     return checkpoint
+
+
+def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str | Path) -> None:
+    """Raise CheckpointError, in one line, when the checkpoint's weights do not fit ``model`` (another
+    prior, other filters…): the user's config must describe the architecture the checkpoint was trained
+    with. Rank-local state saved by several DDP ranks is compared without its leading rank axis."""
+    saved = checkpoint["state_dict"]
+    rank_local = set(checkpoint.get("ebmflow_rank_local", []))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    differing = [
+        f"{key} {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} here"
+        for key, value in saved.items()
+        if key in expected
+        and tuple(value.shape[1:] if key in rank_local else value.shape) != tuple(expected[key].shape)
+    ]
+    if not (missing or unexpected or differing):
+        return
+    problems = []
+    if differing:
+        problems.append(f"{len(differing)} tensors differ in shape (first: {differing[0]})")
+    if missing:
+        problems.append(f"{len(missing)} missing (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} not in this model (first: {unexpected[0]})")
+    raise CheckpointError(
+        f"{path} was trained with another architecture: {'; '.join(problems)}. Pass the --config it was "
+        "trained with (its run directory's config.yaml)."
+    )

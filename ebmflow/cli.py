@@ -9,21 +9,28 @@ and ``encode``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from ebmflow import report
-from ebmflow.checkpoints import CheckpointError, read_checkpoint
+from ebmflow.checkpoints import check_compatible, read_checkpoint
 from ebmflow.data import ImageDataModule
+from ebmflow.lightning_seams import SPECIAL_CKPT_PATHS, IgnoreCheckpointHyperparameters
 from ebmflow.loggers import CSVLogger
-from ebmflow.module import EBMFlow
+from ebmflow.module import EBMFlow, NonFiniteLossError
+from ebmflow.rundir import AtomicCheckpointIO, RunDirectoryBusy, RunLock, atomic_write, unused_name
 from priors import DiscretePrior, discover_priors
 
 __all__ = ["EBMFlowCLI", "EBMFlowTrainer", "main", "make_cli"]
@@ -71,7 +78,7 @@ class EBMFlowTrainer(L.Trainer):
         model: EBMFlow,
         ckpt_path: str,
         datamodule: ImageDataModule,
-        split: str = "test",
+        split: Literal["train", "val", "test"] = "test",
         out: str = "codes.npz",
     ) -> Path:
         """Exact discrete codes of every image of a split: p(s_i = +1 | z), the most likely s, the labels.
@@ -107,28 +114,38 @@ class EBMFlowTrainer(L.Trainer):
 
 def _load_for_inference(model: EBMFlow, ckpt_path: str, device: torch.device) -> EBMFlow:
     checkpoint = read_checkpoint(ckpt_path)
+    check_compatible(checkpoint, model, ckpt_path)
     model.on_load_checkpoint(checkpoint)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ckpt_path} does not match this config (missing {missing[:5]}, unexpected {unexpected[:5]}): "
-            "pass the --config the checkpoint was trained with"
-        )
+    model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval()
 
 
 class LoggedConfig(SaveConfigCallback):
-    """Writes config.yaml into the run directory, as LightningCLI does, and also hands the whole config
-    to the run's logger (W&B shows it beside the metrics, so an ablation's runs can be compared)."""
+    """Writes the command's config into the run directory and hands it to the run's logger (W&B shows
+    it beside the metrics). The first ``fit`` writes ``config.yaml``; every later command writes its own
+    ``config.<command>.yaml`` (``-2``, ``-3``… when that exists), so the training config is never
+    replaced."""
 
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.logger is not None:
-            config = self.parser.dump(self.config, skip_none=False, format="yaml")
-            trainer.logger.log_hyperparams({"config": yaml.safe_load(config)})
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = Path(trainer.log_dir)  # called on every rank: it broadcasts
+        if trainer.is_global_zero:
+            command = TrainerFn(stage).value
+            path = folder / "config.yaml"
+            if command != "fit" or path.exists():
+                path = unused_name(folder, f"config.{command}", ".yaml")
+            text = self.parser.dump(self.config, skip_none=False, format="yaml")
+            atomic_write(path, lambda handle: handle.write(text.encode()))
+            if trainer.logger is not None:
+                trainer.logger.log_hyperparams({"config": yaml.safe_load(text)})
+        self.already_saved = True
 
 
-class EBMFlowCLI(LightningCLI):
-    """LightningCLI for EBMFlow: any ImageDataModule, priors by short name (entry points included)."""
+class EBMFlowCLI(IgnoreCheckpointHyperparameters):
+    """LightningCLI for EBMFlow: any ImageDataModule, priors by short name (entry points included), one
+    run directory per run (``--trainer.default_root_dir``: the logger's ``save_dir`` and the checkpoints
+    follow it), owned by one command at a time, checked before anything is written into it."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -138,36 +155,82 @@ class EBMFlowCLI(LightningCLI):
             "encode": {"model", "datamodule"},
         }
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint here first (for its hyperparameters): check it before that.
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path is not None and path not in ("last", "best", "hpc", "registry"):
-            read_checkpoint(path)
-        super()._parse_ckpt_path()
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        loggers = trainer.get("logger") if trainer is not None else None
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if root is not None and init_args is not None and init_args.get("save_dir", "") is None:
+                init_args["save_dir"] = root  # one place names the run
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = config.get("trainer", {}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _own_run_directory(self, ckpt_path: str | None) -> None:
+        """Lock the run directory (rank 0; the lock dies with the process), then check the checkpoint
+        against the model, before the command writes anything."""
+        if rank_zero_only.rank == 0:
+            self.run_lock = RunLock.acquire(self.trainer.log_dir)
+        if ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS:
+            check_compatible(read_checkpoint(ckpt_path), self.model, ckpt_path)
+
+    def _release_run_directory(self) -> None:
+        lock = getattr(self, "run_lock", None)
+        if lock is not None:
+            lock.release()
 
     def before_fit(self) -> None:
+        self._own_run_directory(self.config.fit.get("ckpt_path"))
         # The configs' CSV logger continues metrics.csv (so test and resume add to it); a fresh fit
         # must not add a second run's rows to an earlier run's log.
         logger = self.trainer.logger
         if isinstance(logger, CSVLogger) and self.config.fit.get("ckpt_path") is None:
-            metrics = Path(logger.log_dir) / "metrics.csv"
+            metrics = logger.metrics_file
             if metrics.is_file():
                 raise FileExistsError(
                     f"{metrics} holds an earlier run's log. Resume that run with --ckpt_path "
-                    "<its checkpoints>/last.ckpt, or start this one elsewhere (--trainer.default_root_dir "
-                    "and --trainer.logger.init_args.save_dir), or remove the old run directory."
+                    "<its checkpoints>/last.ckpt, or start this one elsewhere (--trainer.default_root_dir), "
+                    "or move the old run directory away."
                 )
 
+    def before_validate(self) -> None:
+        self._own_run_directory(self.config.validate.get("ckpt_path"))
+
+    def before_test(self) -> None:
+        self._own_run_directory(self.config.test.get("ckpt_path"))
+
+    def after_fit(self) -> None:
+        self._release_run_directory()
+
+    def after_validate(self) -> None:
+        self._release_run_directory()
+
+    def after_test(self) -> None:
+        self._release_run_directory()
+
+
+# Expected user mistakes (a bad value, a missing or damaged file, a busy run directory): one "error:"
+# line and exit status 2, as the parser's own errors; --debug or EBMFLOW_DEBUG=1 shows the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RunDirectoryBusy)
 
 DESCRIPTION = (
     "Flow++ with energy-based priors (RBM-Flow, D-Flow). "
-    "Tables and curves of finished runs: ebmflow report RUN_DIR [RUN_DIR ...] --out DIR"
+    "Tables and curves of finished runs: ebmflow report RUN_DIR [RUN_DIR ...] --out DIR. "
+    "Mistakes end in one error line; --debug (or EBMFLOW_DEBUG=1) shows the traceback."
 )
 
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
+    debug = "--debug" in argv or os.environ.get("EBMFLOW_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     if argv[:1] == ["report"]:
         report.main(argv[1:])
         return
@@ -175,9 +238,13 @@ def main(args: list[str] | None = None) -> None:
     # ~40x slower; flushing subnormals to zero changes nothing at the precision the flow works in.
     torch.set_flush_denormal(True)
     try:
-        make_cli(args)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
+        make_cli(argv)
+    except (*USER_ERRORS, NonFiniteLossError) as error:
+        if debug:
+            raise
+        # one line: the message names the option or file and the fix (--debug shows the traceback)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> EBMFlowCLI:

@@ -10,7 +10,9 @@ the training step, so they draw from the random stream that checkpoints restore.
 from __future__ import annotations
 
 import tarfile
+import zlib
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset, random_split
 from torchvision import datasets
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 __all__ = [
@@ -32,7 +35,8 @@ __all__ = [
 
 class _EpochSampler(DistributedSampler):
     """DistributedSampler (so Lightning leaves it in place) that also runs outside a process group and
-    can skip the first batches of an epoch once, after a mid-epoch restore."""
+    can skip the first batches of an epoch once, after a mid-epoch restore: only if that epoch is the one
+    Lightning then starts (a checkpoint saved at an epoch's last batch resumes with the next epoch)."""
 
     def __init__(self, dataset: Dataset, shuffle: bool, seed: int) -> None:
         distributed = dist.is_available() and dist.is_initialized()
@@ -43,11 +47,11 @@ class _EpochSampler(DistributedSampler):
             shuffle=shuffle,
             seed=seed,
         )
-        self.skip = 0
+        self.skip, self.skip_epoch = 0, 0
 
     def __iter__(self):
         indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
+        skip, self.skip = (self.skip if self.epoch == self.skip_epoch else 0), 0
         return iter(indices[skip:])
 
 
@@ -69,11 +73,16 @@ class ResumableLoader(DataLoader):
             sampler=self._epoch_sampler,
             num_workers=num_workers,
             drop_last=shuffle,
+            generator=torch.Generator(),
         )
         self.consumed = 0
 
     def __iter__(self):
-        self.consumed = self._epoch_sampler.skip // self.batch_size
+        sampler = self._epoch_sampler
+        self.consumed = sampler.skip // self.batch_size if sampler.epoch == sampler.skip_epoch else 0
+        # An iterator draws its workers' base seed from its generator: one of its own, seeded by the
+        # epoch, so that starting an epoch leaves the training random stream alone (exact resume).
+        self.generator.manual_seed(sampler.seed * 100_003 + sampler.epoch)
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
@@ -82,6 +91,7 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._epoch_sampler.set_epoch(state["epoch"])
         self._epoch_sampler.skip = state["batches"] * self.batch_size
+        self._epoch_sampler.skip_epoch = state["epoch"]
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -109,7 +119,7 @@ class ImageDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise ValueError(f"--data.init_args.batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.hflip = hflip
@@ -223,7 +233,13 @@ class TorchvisionDataModule(ImageDataModule):
         download: fetch the files when they are absent.
     """
 
-    def __init__(self, name: str = "cifar10", root: str = "data", download: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        name: Literal["cifar10", "mnist", "fashion_mnist"] = "cifar10",
+        root: str = "data",
+        download: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if name not in TORCHVISION:
             raise ValueError(f"name must be one of {sorted(TORCHVISION)}, got {name!r}")
@@ -276,8 +292,14 @@ class ImageFolderDataModule(ImageDataModule):
         marker = target / ".unpacked"
         if not marker.exists():
             target.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(root) as archive:
-                archive.extractall(target, filter="data")
+            try:
+                with tarfile.open(root) as archive:
+                    archive.extractall(target, filter="data")
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+                raise ValueError(
+                    f"{root} is not a readable .tar.gz archive ({error}): fetch it again, or point "
+                    "--data.init_args.root at an unpacked image folder"
+                ) from error
             marker.touch()
         return _single_child(target)
 
@@ -291,13 +313,24 @@ class ImageFolderDataModule(ImageDataModule):
         if self.grayscale:
             steps.append(v2.Grayscale())
         steps.append(v2.PILToTensor())
-        return datasets.ImageFolder(str(folder), transform=v2.Compose(steps))
+        try:
+            return datasets.ImageFolder(str(folder), transform=v2.Compose(steps), loader=_read_image)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{folder} holds no images in class sub-folders ({error})") from error
 
     def _train_set(self) -> Dataset:
         return self._load("train")
 
     def _test_set(self) -> Dataset:
         return self._load("test")
+
+
+def _read_image(path: str):
+    """torchvision's image loader, naming the file it cannot read (a truncated JPEG, say)."""
+    try:
+        return default_loader(path)
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read as an image ({error}): remove or replace it") from error
 
 
 def _single_child(folder: Path) -> Path:

@@ -5,45 +5,162 @@ is configured)."""
 from __future__ import annotations
 
 import csv
+import io
+import math
 import netrc
 import os
+from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+import yaml
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from ebmflow.rundir import atomic_write
 
 __all__ = ["CSVLogger", "WandbLogger", "wandb_api_key_configured"]
 
 
-class _AppendingWriter(_LightningExperimentWriter):
-    """Lightning's writer deletes an existing metrics.csv when it opens the directory. This one keeps
-    it and continues it, with the existing header, so new columns rewrite the file with every old row."""
+class CSVLogger(Logger):
+    """Metrics in ``<save_dir>/metrics.csv``, continued (never replaced) by every later command.
 
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
-                self.metrics_keys = sorted(csv.DictReader(handle).fieldnames or [])
+    ``ebmflow test`` and a resumed ``ebmflow fit`` in the run directory add their rows to the training
+    log. A fit resumed from a checkpoint at step S moves the rows the interrupted run logged after S
+    (superseded by the resumed run) to ``metrics.replaced.csv``, so curves and ``ebmflow report`` read
+    each step once. The file is rewritten atomically at every flush, so a kill leaves it whole.
+    ``hparams.yaml`` is written by the directory's first command only (the training run); later
+    commands' settings are in their own ``config.<command>.yaml``.
 
-
-class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger, except that a run directory's metrics.csv is continued, not replaced.
-
-    With a fixed ``version`` (the configs in conf/ log straight into the run directory), Lightning's
-    logger deletes the training log when ``ebmflow test`` or a resumed ``ebmflow fit`` opens the same
-    directory. This one appends: the test metrics join the training curves, and a resumed run continues
-    its log. Rows logged after the last checkpoint of an interrupted run stay in the file; readers that
-    key by epoch (``ebmflow report``) take the latest value.
+    Args:
+        save_dir: the run directory (the ``ebmflow`` command fills it from ``--trainer.default_root_dir``
+            when it is not given).
+        flush_logs_every_n_steps: rows kept in memory between writes.
     """
 
+    def __init__(self, save_dir: str | None = None, flush_logs_every_n_steps: int = 100) -> None:
+        super().__init__()
+        self._save_dir = save_dir
+        self.flush_logs_every_n_steps = flush_logs_every_n_steps
+        self.rows: list[dict[str, Any]] | None = None  # loaded at first use
+        self.unsaved = 0
+        self.hparams: dict[str, Any] = {}
+        self.writes_hparams = False
+
     @property
-    @rank_zero_experiment
-    def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str | None:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str | None:
+        return self._save_dir
+
+    @property
+    def metrics_file(self) -> Path:
+        if self._save_dir is None:
+            raise ValueError(
+                "CSVLogger has no save_dir: give --trainer.logger.init_args.save_dir (or "
+                "--trainer.default_root_dir through the ebmflow command)"
+            )
+        return Path(self._save_dir) / "metrics.csv"
+
+    def _load(self) -> list[dict[str, Any]]:
+        if self.rows is None:
+            self.writes_hparams = not (self.metrics_file.parent / "hparams.yaml").exists()
+            self.rows = read_rows(self.metrics_file) if self.metrics_file.is_file() else []
+        return self.rows
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        rows = self._load()
+        rows.append({"step": step, **{key: _plain(value) for key, value in metrics.items()}})
+        self.unsaved += 1
+        if self.unsaved >= self.flush_logs_every_n_steps:
+            self.save()
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        self._load()
+        self.hparams.update(vars(params) if isinstance(params, Namespace) else params)
+        if self.writes_hparams:
+            text = yaml.safe_dump(_yaml_safe(self.hparams), sort_keys=False)
+            atomic_write(
+                self.metrics_file.parent / "hparams.yaml", lambda handle: handle.write(text.encode())
+            )
+
+    @rank_zero_only
+    def resume_at(self, step: int) -> None:
+        """A fit resumed from a checkpoint at global step ``step``: rows of training and validation
+        logged at or after it belong to the interrupted run; move them to metrics.replaced.csv."""
+        rows = self._load()
+        stale = [row for row in rows if _is_stale(row, step)]
+        if not stale:
+            return
+        replaced = self.metrics_file.with_name("metrics.replaced.csv")
+        earlier = read_rows(replaced) if replaced.is_file() else []
+        write_rows(replaced, earlier + stale)
+        self.rows = [row for row in rows if not _is_stale(row, step)]
+        self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self.rows is not None:
+            write_rows(self.metrics_file, self.rows)
+            self.unsaved = 0
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+def _is_stale(row: dict[str, Any], step: int) -> bool:
+    logged = row.get("step")
+    try:
+        late = logged not in (None, "") and int(float(logged)) >= step
+    except ValueError:
+        return False
+    return late and not any(key.startswith("test/") and row[key] not in (None, "") for key in row)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """All rows under one header (the union of their keys, step first), atomically."""
+    keys = sorted({key for row in rows for key in row if key != "step"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["step", *keys], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _yaml_safe(value: Any) -> Any:
+    """Hyperparameters as YAML can hold them (other objects by their repr)."""
+    if isinstance(value, dict):
+        return {str(key): _yaml_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
 
 
 def wandb_api_key_configured() -> bool:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
+from ebmflow.loggers import CSVLogger
 from ebmflow.optim import CombinedOptimizer
 from flows import Dequantizer, FlowPlusPlus, UniformDequantizer
 from priors import DiscretePrior, Prior
@@ -30,7 +32,7 @@ from priors import DiscretePrior, Prior
 __all__ = ["EBMFlow", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
-NONFINITE = ("stop", "skip")
+VALIDATION_SEED = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,8 +56,11 @@ class EBMFlow(L.LightningModule):
             trained; ``prior_lr``, when given, sets its rate. Both step as one optimiser (one global
             step per batch; schedulers and gradient clipping act on both).
         importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
-        nonfinite: "stop" ends training at a non-finite loss, naming the step and the term; "skip"
-            skips that batch and counts it (``train/skipped_batches``).
+        nonfinite: "stop" ends training at a non-finite loss or gradient, naming the step and the term;
+            "skip" skips that batch (no update) and counts it (``train/skipped_batches``).
+        max_skipped: with "skip", training stops (as with "stop") once more than this many batches
+            have been skipped in the run. A non-finite validation bits/dim always stops training,
+            before any checkpoint of that validation is written.
     """
 
     def __init__(
@@ -68,7 +73,8 @@ class EBMFlow(L.LightningModule):
         prior_lr: float | None = None,
         prior_optimizer: OptimizerCallable | None = None,
         importance_samples: int = 16,
-        nonfinite: str = "stop",
+        nonfinite: Literal["stop", "skip"] = "stop",
+        max_skipped: int = 10,
     ) -> None:
         super().__init__()
         dims = math.prod(flow.in_shape)
@@ -77,10 +83,12 @@ class EBMFlow(L.LightningModule):
                 f"the prior has dim={prior.dim} but the flow's in_shape {tuple(flow.in_shape)} has {dims} "
                 f"dimensions: set --model.prior.init_args.dim={dims}"
             )
-        if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f'nonfinite must be "stop" or "skip", got {nonfinite!r}')
         if prior_lr is not None and prior_lr <= 0:
             raise ValueError(f"prior_lr must be positive (or null for the optimiser's), got {prior_lr}")
+        if max_skipped < 0:
+            raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
         if importance_samples < 0:
             raise ValueError(f"importance_samples must be >= 0, got {importance_samples}")
         self.save_hyperparameters(
@@ -96,6 +104,8 @@ class EBMFlow(L.LightningModule):
         self.prior_optimizer_factory = prior_optimizer
         self.importance_samples = importance_samples
         self.nonfinite = nonfinite
+        self.max_skipped = max_skipped
+        self._validation_finite = True
         self.dims = dims
         self.skipped_batches = 0
         self.wall_seconds = 0.0  # training time, carried across resumes
@@ -103,21 +113,21 @@ class EBMFlow(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        data_shape = getattr(self.trainer.datamodule, "shape", None) if self.trainer else None
+        data_shape = getattr(self.trainer.datamodule, "shape", None)
         if data_shape is not None and tuple(data_shape) != tuple(self.flow.in_shape):
             raise ValueError(
                 f"the data has shape {tuple(data_shape)} but the flow expects {tuple(self.flow.in_shape)}: "
                 f"set --model.flow.init_args.in_shape={list(data_shape)} (and the prior's dim to match)"
             )
-        strategy = self.trainer.strategy if self.trainer else None
-        if isinstance(strategy, DDPStrategy):
-            # DDP would overwrite every rank's buffers with rank 0's before each forward pass, making
-            # all PCD chains identical; the chains must stay rank-local (ActNorm syncs its own init).
-            strategy._ddp_kwargs["broadcast_buffers"] = False
-        if self.logger is not None:  # every stage: `ebmflow test` rewrites the run's hparams.yaml
+        if self.logger is not None:
             self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
 
     def on_fit_start(self) -> None:
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, DistributedDataParallel):
+            # DDP would overwrite every rank's buffers with rank 0's before each forward pass, making
+            # all PCD chains identical; the chains must stay rank-local (ActNorm syncs its own init).
+            wrapped.broadcast_buffers = False
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
             # and its own PCD chains; seed_everything gives them all the same one.
@@ -181,19 +191,41 @@ class EBMFlow(L.LightningModule):
 
     def _nonfinite(self, objective: Tensor, terms: dict[str, Tensor]) -> None:
         bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())] or ["the sum"]
-        message = (
+        self._skip_or_stop(
             f"non-finite training loss ({objective.item()}) at global step {self.global_step}, "
             f"epoch {self.current_epoch}: non-finite {', '.join(bad)}"
         )
-        if self.nonfinite == "skip":
+
+    def on_after_backward(self) -> None:
+        gradients = [p.grad for p in self.parameters() if p.grad is not None]
+        if gradients and not bool(torch.stack([g.isfinite().all() for g in gradients]).all()):
+            bad = sorted(
+                {
+                    name.split(".")[0]
+                    for name, p in self.named_parameters()
+                    if p.grad is not None and not bool(p.grad.isfinite().all())
+                }
+            )
+            self._skip_or_stop(
+                f"non-finite gradient at global step {self.global_step}, epoch {self.current_epoch} "
+                f"(finite loss): non-finite in {', '.join(bad)}"
+            )
+            for parameter in self.parameters():
+                parameter.grad = None  # skipped: the optimisers leave parameters without gradients alone
+
+    def _skip_or_stop(self, message: str) -> None:
+        """Skip the batch ("skip", within ``max_skipped``) or raise NonFiniteLossError."""
+        if self.nonfinite == "skip" and self.skipped_batches < self.max_skipped:
             self.skipped_batches += 1
             log.warning("%s; skipping the batch (%d skipped so far)", message, self.skipped_batches)
             self.log("train/skipped_batches", float(self.skipped_batches))
-            return None
+            return
+        if self.nonfinite == "skip":
+            message += f"; {self.skipped_batches} batches skipped already, the limit (--model.max_skipped)"
         raise NonFiniteLossError(
             f"{message}. Training stopped before the update, so the parameters and checkpoints are those of "
             "the last finite step. Lower the learning rate, clip gradients (--trainer.gradient_clip_val), or "
-            "set --model.nonfinite skip to skip such batches."
+            "set --model.nonfinite skip (and --model.max_skipped) to skip such batches."
         )
 
     def on_train_epoch_start(self) -> None:
@@ -206,6 +238,8 @@ class EBMFlow(L.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images = batch[0]
         bpd = self.bits_per_dim(self.log_likelihood(images, self.uniform))
+        if stage == "val":
+            self._validation_finite &= bool(bpd.isfinite().all())
         if stage == "test":
             self._test_bpd.append(bpd)
         metrics = {f"{stage}/bpd_uniform": bpd.mean()}
@@ -225,8 +259,23 @@ class EBMFlow(L.LightningModule):
         self._evaluate(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
+        # Validation draws its dequantization noise from a fixed seed and leaves the training stream as
+        # it was: every validation sees the same noise, and a run resumed from a checkpoint taken just
+        # before a validation (which the resumed run does not repeat) continues exactly.
+        self._training_rng = torch.get_rng_state()
+        torch.manual_seed(VALIDATION_SEED)
         if isinstance(self.prior, DiscretePrior) and self.prior.log_partition_is_exact:
             self.prior.estimate_log_partition()  # exact and cheap: keeps train/objective's log Z current
+
+    def on_validation_epoch_end(self) -> None:
+        torch.set_rng_state(self._training_rng)
+        finite, self._validation_finite = self._validation_finite, True
+        if not finite:  # raised before ModelCheckpoint sees this validation: never a "best" checkpoint
+            raise NonFiniteLossError(
+                f"non-finite validation bits/dim at global step {self.global_step}, "
+                f"epoch {self.current_epoch}: the model has diverged. Resume from an earlier checkpoint "
+                "with a lower learning rate or gradient clipping (--trainer.gradient_clip_val)."
+            )
 
     def on_test_epoch_end(self) -> None:
         bpd = self.all_gather(torch.cat(self._test_bpd)).flatten()
@@ -279,7 +328,7 @@ class EBMFlow(L.LightningModule):
         """Every rank's random state and rank-local prior state (PCD chains), so a resumed run
         continues exactly."""
         state = {"torch": torch.get_rng_state()}
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             state["torch"] = self.all_gather(state["torch"].to(self.device)).cpu()
             local = {f"prior.{name}": buffer for name, buffer in self.prior.rank_local_state().items()}
             for key, buffer in local.items():
@@ -307,3 +356,7 @@ class EBMFlow(L.LightningModule):
         if rng is not None:
             torch.set_rng_state(rng)
             self._rng_to_restore = None
+        if self.trainer.ckpt_path is not None:  # resumed: the interrupted run's later rows are superseded
+            for logger in self.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.resume_at(self.global_step)

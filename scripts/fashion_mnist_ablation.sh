@@ -26,7 +26,7 @@ one() {
   fi
   local configs=(--config "conf/fashion_mnist/$prior.yaml" --config conf/fashion_mnist/cpu_small.yaml
                  --data.init_args.root "$root" --trainer.enable_progress_bar false
-                 --trainer.default_root_dir "$out/$run" --trainer.logger.init_args.save_dir "$out/$run"
+                 --trainer.default_root_dir "$out/$run"
                  "${extra[@]}")
   echo "$(date +%T) fit $run for $steps steps"
   "$ebmflow" fit "${configs[@]}" --trainer.max_steps "$steps" > "$out/$run.fit.log" 2>&1

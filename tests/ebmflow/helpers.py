@@ -1,9 +1,13 @@
 """Shared pieces of the application tests: a tiny RBM-Flow on the bundled digits (as a config and as a
 module) and a quiet CPU Trainer, small enough for a 2-core CI machine."""
 
+import io
+import tarfile
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+from PIL import Image
 
 from ebmflow.module import EBMFlow
 from flows import FlowPlusPlus
@@ -58,3 +62,19 @@ def trainer(root: Path, **kwargs) -> L.Trainer:
     )
     options.update(kwargs)
     return L.Trainer(**options)
+
+
+def write_image_archive(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as archive:
+        for split in ("train", "test"):
+            for label in ("cat", "dog"):
+                for i in range(3):
+                    buffer = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(
+                        buffer, format="JPEG"
+                    )
+                    info = tarfile.TarInfo(f"pets/{split}/{label}/{i:04d}.jpg")
+                    info.size = buffer.tell()
+                    buffer.seek(0)
+                    archive.addfile(info, buffer)

@@ -3,13 +3,16 @@ that must come before any training."""
 
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ebmflow.cli import main
+from tests.ebmflow.helpers import TINY, write_image_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,18 +109,73 @@ def test_prior_by_short_name_and_configs_compose(tiny_config: Path, tmp_path: Pa
         (["--model.prior.init_args.delta", "0.0"], "delta"),
         (["--model.prior", "NoSuchPrior"], "NoSuchPrior"),
         (["--model.flow.init_args.in_shape", "[1, 16, 16]"], "in_shape"),
+        (["--data.init_args.batch_size", "0"], "--data.init_args.batch_size"),
+        (["--model.nonfinite", "ignore"], "nonfinite"),
     ],
 )
 def test_mistakes_fail_before_training(tiny_config: Path, extra: list[str], message: str, capsys) -> None:
-    with pytest.raises((SystemExit, ValueError)) as error:
+    with pytest.raises(SystemExit) as error:
         run("fit", "--config", str(tiny_config), *extra)
-    text = str(error.value) + capsys.readouterr().err
-    assert message in text
+    text = capsys.readouterr().err
+    assert error.value.code == 2 and message in text
+    assert "Traceback" not in text
     assert not (tiny_config.parent / "run" / "checkpoints").exists()
 
 
+def image_folder_config(tmp_path: Path, root: Path) -> Path:
+    data = {
+        "class_path": "ebmflow.data.ImageFolderDataModule",
+        "init_args": {
+            "root": str(root),
+            "size": 8,
+            "grayscale": True,
+            "cache": str(tmp_path / "cache"),
+            "batch_size": 2,
+            "val_fraction": 0,
+        },
+    }
+    trainer = {**TINY["trainer"], "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 0}
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "trainer": trainer, "data": data}))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["empty folder", "truncated archive", "truncated jpeg"])
+def test_damaged_data_ends_in_one_line_naming_the_file(tmp_path: Path, damage: str, capsys) -> None:
+    archive = tmp_path / "pets.tar.gz"
+    write_image_archive(archive)
+    if damage == "empty folder":
+        root = tmp_path / "folder"
+        for split in ("train", "test"):
+            (root / split).mkdir(parents=True)
+        named = str(root / "train")
+    elif damage == "truncated archive":
+        root = tmp_path / "cut.tar.gz"
+        root.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+        named = str(root)
+    else:
+        root = tmp_path / "pets"
+        with tarfile.open(archive) as opened:
+            opened.extractall(root, filter="data")
+        jpeg = root / "pets" / "train" / "cat" / "0001.jpg"
+        jpeg.write_bytes(jpeg.read_bytes()[:300])
+        named = str(jpeg)
+    with pytest.raises(SystemExit) as error:
+        run("fit", "--config", str(image_folder_config(tmp_path, root)))
+    text = capsys.readouterr().err
+    assert error.value.code == 2 and text.startswith("error: ") and text.count("\n") == 1
+    assert named in text
+
+
+def test_debug_shows_the_traceback(tiny_config: Path) -> None:
+    with pytest.raises(ValueError, match="dim=64"):
+        run("fit", "--config", str(tiny_config), "--model.prior.init_args.dim", "63", "--debug")
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
-def test_bad_checkpoints_fail_clearly(tiny_config: Path, tmp_path: Path, content: bytes | None) -> None:
+def test_bad_checkpoints_fail_clearly(
+    tiny_config: Path, tmp_path: Path, content: bytes | None, capsys
+) -> None:
     path = tmp_path / "bad.ckpt"
     if content is None:
         torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, path)  # someone else's checkpoint
@@ -126,4 +184,6 @@ def test_bad_checkpoints_fail_clearly(tiny_config: Path, tmp_path: Path, content
     for command in ("test", "sample"):
         with pytest.raises(SystemExit) as exit_info:
             run(command, "--config", str(tiny_config), "--ckpt_path", str(path))
-        assert "checkpoint" in str(exit_info.value) and str(path) in str(exit_info.value)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.startswith("error: ")
+        assert "checkpoint" in error and str(path) in error

@@ -1,18 +1,14 @@
 """Data modules on real files: the bundled digits, an ImageFolder archive made here, and the shared
 Fashion-MNIST when it is present."""
 
-import io
-import tarfile
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ebmflow.data import DigitsDataModule, ImageFolderDataModule, ResumableLoader, TorchvisionDataModule
-from tests.ebmflow.helpers import tiny_model
+from tests.ebmflow.helpers import tiny_model, write_image_archive
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -42,22 +38,6 @@ def test_loader_resumes_mid_epoch_with_the_same_batches() -> None:
     resumed.load_state_dict(state)
     assert [b[0].tolist() for b in resumed] == full[4:]
     assert [b[0].tolist() for b in resumed] == full  # the skip applies once
-
-
-def write_image_archive(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    with tarfile.open(path, "w:gz") as archive:
-        for split in ("train", "test"):
-            for label in ("cat", "dog"):
-                for i in range(3):
-                    buffer = io.BytesIO()
-                    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(
-                        buffer, format="JPEG"
-                    )
-                    info = tarfile.TarInfo(f"pets/{split}/{label}/{i:04d}.jpg")
-                    info.size = buffer.tell()
-                    buffer.seek(0)
-                    archive.addfile(info, buffer)
 
 
 @pytest.mark.parametrize("grayscale", [False, True])

@@ -30,7 +30,7 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
         "limit_train_batches": 3,
         "logger": {
             "class_path": "ebmflow.loggers.CSVLogger",
-            "init_args": {"save_dir": str(tmp_path / "run"), "name": "", "version": ""},
+            "init_args": {"save_dir": str(tmp_path / "run")},
         },
         "callbacks": [
             {

@@ -22,12 +22,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_csv_log_continues_through_test(tmp_path: Path) -> None:
+def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
     trainer = {**TINY["trainer"], "default_root_dir": str(run_dir), "log_every_n_steps": 1}
     trainer["logger"] = {
         "class_path": "ebmflow.loggers.CSVLogger",
-        "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+        "init_args": {"save_dir": str(run_dir)},
     }
     config = tmp_path / "csv.yaml"
     config.write_text(yaml.safe_dump({**TINY, "trainer": trainer}))
@@ -53,8 +53,9 @@ def test_csv_log_continues_through_test(tmp_path: Path) -> None:
 
     # A fresh fit into the same directory stops before touching the log; resuming continues it.
     log = metrics.read_text()
-    with pytest.raises(FileExistsError, match="earlier run's log"):
+    with pytest.raises(SystemExit) as stopped:
         main(["fit", "--config", str(config)])
+    assert stopped.value.code == 2 and "earlier run's log" in capsys.readouterr().err
     assert metrics.read_text() == log
     main(["fit", "--config", str(config), "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)])
     assert read_rows(metrics)[: len(rows)] == rows

@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ebmflow.data import DigitsDataModule
 from ebmflow.module import NonFiniteLossError
@@ -17,31 +18,41 @@ from tests.ebmflow.helpers import tiny_model, trainer
 @pytest.mark.parametrize(
     "options", [{}, {"prior_optimizer": lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9)}]
 )
-def test_resume_mid_epoch_continues_exactly(tmp_path: Path, options: dict) -> None:
-    """N steps straight, or N/2 steps, a checkpoint mid-epoch, and N/2 more from it: same parameters,
-    ActNorm state, PCD chains and log Z."""
-    data = dict(batch_size=64, hflip=True)  # 20 batches an epoch: step 10 is mid-epoch
+def test_resume_continues_exactly_from_every_checkpoint(tmp_path: Path, options: dict) -> None:
+    """26 steps straight (20 batches an epoch, validation every 10), saving the checkpoints the configs
+    write (after a validation mid-epoch, after the validation that ends an epoch) and others (mid-epoch,
+    at the end of an epoch's last batch before its validation); resuming from each to step 26 gives the
+    same parameters, ActNorm state, PCD chains, optimiser effect and log Z as the straight run."""
+    data = dict(batch_size=64, hflip=True)
+    checkpoints = tmp_path / "ck"
     L.seed_everything(0)
     straight = tiny_model(**options)
-    trainer(tmp_path / "a", max_steps=14, val_check_interval=7).fit(straight, DigitsDataModule(**data))
-
-    L.seed_everything(0)
-    first = tiny_model(**options)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer(tmp_path / "b", max_steps=10, val_check_interval=7, callbacks=[checkpoint]).fit(
-        first, DigitsDataModule(**data)
-    )
-    assert first.global_step == 10
-
-    L.seed_everything(123)  # the resumed run must not depend on the new process's seed
-    resumed = tiny_model(**options)
-    trainer(tmp_path / "c", max_steps=14, val_check_interval=7).fit(
-        resumed, DigitsDataModule(**data), ckpt_path=tmp_path / "ck" / "last.ckpt", weights_only=True
-    )
+    after_validation = ModelCheckpoint(checkpoints, monitor="val/bpd_uniform", save_top_k=-1)
+    every_5_steps = ModelCheckpoint(checkpoints, filename="{step}", every_n_train_steps=5, save_top_k=-1)
+    trainer(
+        tmp_path / "a", max_steps=26, val_check_interval=10, callbacks=[after_validation, every_5_steps]
+    ).fit(straight, DigitsDataModule(**data))
     expected = straight.state_dict()
-    for name, value in resumed.state_dict().items():
-        assert torch.equal(value, expected[name]), name
-    assert not torch.equal(first.prior.sampler.chains, resumed.prior.sampler.chains)
+    cases = {
+        "epoch=0-step=10.ckpt": set(),  # after a validation mid-epoch
+        "epoch=0-step=20.ckpt": set(),  # after the validation that ends epoch 0
+        "step=15.ckpt": set(),  # mid-epoch, no validation
+        # at the end of epoch 0's last batch, before its validation: Lightning resumes without that
+        # validation, so the RBM's exact log Z (it only labels train/objective) is refreshed one
+        # validation later; nothing else differs
+        "step=20.ckpt": {"prior.log_z_estimate"},
+    }
+    for name, differing in cases.items():
+        L.seed_everything(123)  # the resumed run must not depend on the new process's seed
+        resumed = tiny_model(**options)
+        trainer(tmp_path / name, max_steps=26, val_check_interval=10).fit(
+            resumed, DigitsDataModule(**data), ckpt_path=checkpoints / name, weights_only=True
+        )
+        assert resumed.current_epoch == straight.current_epoch, name
+        unequal = {
+            key for key, value in resumed.state_dict().items() if not torch.equal(value, expected[key])
+        }
+        assert unequal == differing, name
 
 
 class ExplodingPrior(GaussianPrior):
@@ -76,6 +87,59 @@ def test_nonfinite_loss_can_skip_batches(tmp_path: Path) -> None:
     trainer(tmp_path, max_epochs=1, limit_train_batches=6).fit(model, DigitsDataModule(batch_size=64))
     assert model.skipped_batches == 4  # calls 3..6 of the one epoch of 6 batches
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skipping_stops_past_its_limit(tmp_path: Path) -> None:
+    model = tiny_model(ExplodingPrior(64), nonfinite="skip", max_skipped=3)
+    with pytest.raises(NonFiniteLossError, match=r"global step 5, .*3 batches skipped already"):
+        trainer(tmp_path, max_epochs=1, limit_train_batches=10).fit(model, DigitsDataModule(batch_size=64))
+    assert model.skipped_batches == 3  # calls 3, 4, 5 skipped; the 6th would be the 4th
+
+
+class ExplodingGradient(GaussianPrior):
+    """N(0, I) whose loss is finite but whose gradient is NaN on the second training call."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.calls = 0
+
+    def _loss(self, z):
+        self.calls += 1
+        loss = super()._loss(z)
+        # sqrt at 0: the value adds 0, the gradient is inf · 0 = NaN
+        return loss + torch.sqrt((z * 0).sum()) if self.calls == 2 else loss
+
+
+class NaNWhenEvaluated(GaussianPrior):
+    """N(0, I) in training, NaN densities in evaluation: a model whose validation diverged."""
+
+    def _log_prob(self, z):
+        log_p = super()._log_prob(z)
+        return log_p if self.training else log_p * float("nan")
+
+
+@pytest.mark.parametrize("nonfinite", ["stop", "skip"])
+def test_nonfinite_gradients_never_reach_the_parameters(tmp_path: Path, nonfinite: str) -> None:
+    L.seed_everything(0)
+    model = tiny_model(ExplodingGradient(64), nonfinite=nonfinite)
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
+    if nonfinite == "stop":
+        with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at global step 1, .*flow"):
+            run.fit(model, DigitsDataModule(batch_size=64))
+    else:
+        run.fit(model, DigitsDataModule(batch_size=64))
+        assert model.skipped_batches == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_nonfinite_validation_stops_before_any_checkpoint_of_it(tmp_path: Path) -> None:
+    model = tiny_model(NaNWhenEvaluated(64))
+    checkpoint = ModelCheckpoint(tmp_path / "ck", monitor="val/bpd_uniform", save_last=True)
+    with pytest.raises(NonFiniteLossError, match="non-finite validation bits/dim at global step 2"):
+        trainer(tmp_path, max_steps=2, val_check_interval=2, callbacks=[checkpoint]).fit(
+            model, DigitsDataModule(batch_size=64)
+        )
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
 
 
 def test_log_likelihood_composes_the_data_path() -> None:
