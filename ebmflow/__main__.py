@@ -1,3 +1,3 @@
-from ebmflow.cli import main
+from ebmflow.command import main
 
 main()

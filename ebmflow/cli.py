@@ -1,16 +1,17 @@
-"""The ``ebmflow`` command: LightningCLI with ``fit``, ``validate``, ``test``, ``predict``, ``sample``
-and ``encode``.
+"""The ``ebmflow`` command's Lightning side (ebmflow/command.py dispatches to it): LightningCLI with
+``fit``, ``validate``, ``test``, ``predict``, ``sample`` and ``encode``.
 
     ebmflow fit --config conf/rbm.yaml
-    ebmflow test --config conf/rbm.yaml --ckpt_path runs/rbm/checkpoints/last.ckpt
+    ebmflow test --config conf/rbm.yaml --ckpt_path runs/cifar10/rbm/checkpoints/last.ckpt
     ebmflow sample --config conf/rbm.yaml --ckpt_path ... --num_samples 64 --out samples/
     ebmflow encode --config conf/rbm.yaml --ckpt_path ... --out codes.npz
 """
 
 from __future__ import annotations
 
-import os
+import math
 import sys
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -18,22 +19,25 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
 from torchvision.utils import save_image
+from tqdm import tqdm
 
-from ebmflow import report
 from ebmflow.checkpoints import check_compatible, read_checkpoint
 from ebmflow.data import ImageDataModule
 from ebmflow.lightning_seams import SPECIAL_CKPT_PATHS, IgnoreCheckpointHyperparameters
 from ebmflow.loggers import CSVLogger
 from ebmflow.module import EBMFlow, NonFiniteLossError
+from ebmflow.prediction import PredictionWriter
 from ebmflow.rundir import AtomicCheckpointIO, RunDirectoryBusy, RunLock, atomic_write, unused_name
 from priors import DiscretePrior, discover_priors
 
-__all__ = ["EBMFlowCLI", "EBMFlowTrainer", "main", "make_cli"]
+__all__ = ["EBMFlowCLI", "EBMFlowTrainer", "make_cli", "run"]
 
 
 class EBMFlowTrainer(L.Trainer):
@@ -47,27 +51,40 @@ class EBMFlowTrainer(L.Trainer):
         num_samples: int = 64,
         temperature: float = 1.0,
         columns: int = 8,
+        batch_size: int = 256,
         out: str = "samples",
     ) -> Path:
-        """Draw images from a trained model: a PNG grid, an .npz of uint8 images and, for discrete priors,
-        the paper's Fig. 3 grid (each column shares one discrete sample s).
+        """Draw images from a trained model: every image into an .npz (uint8, written batch by batch:
+        memory stays flat in ``num_samples``), a near-square PNG grid of the first ones and, for
+        discrete priors, the paper's Fig. 3 grid (each column shares one discrete sample s).
 
         Args:
             ckpt_path: checkpoint to load.
             num_samples: number of images.
             temperature: scale of the prior's Gaussian noise.
-            columns: columns of the grids (Fig. 3 uses num_samples // columns rows).
+            columns: columns of the Fig. 3 grid (as many rows, at most ``num_samples // columns``).
+            batch_size: images drawn at once.
             out: output folder.
         """
+        if num_samples < 1 or columns < 1 or batch_size < 1:
+            raise ValueError(
+                f"--num_samples, --columns and --batch_size must be >= 1, got {num_samples}, {columns}, "
+                f"{batch_size}"
+            )
         model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        images = torch.cat([model.sample(len(c), temperature) for c in torch.arange(num_samples).split(256)])
-        np.savez_compressed(folder / "samples.npz", images=images.cpu().numpy())
-        save_image(images.float() / 255, folder / "samples.png", nrow=columns)
+        shape = (num_samples, *model.flow.in_shape)
+        batches = (model.sample(n, temperature).cpu() for n in _chunks(num_samples, batch_size))
+        with tqdm(total=num_samples, desc="sampling", unit="img") as bar:
+            shown = write_npz(
+                folder / "samples.npz", "images", shape, np.uint8, batches, bar.update, GRID_MAX
+            )
+        save_image(shown.float() / 255, folder / "samples.png", nrow=math.ceil(math.sqrt(len(shown))))
         written = [folder / "samples.png", folder / "samples.npz"]
         if isinstance(model.prior, DiscretePrior):
-            grid = model.sample_columns(columns, max(num_samples // columns, 1), temperature)
+            rows = max(min(num_samples // columns, columns), 1)
+            grid = model.sample_columns(columns, rows, temperature)
             save_image(grid.flatten(0, 1).float() / 255, folder / "discrete_columns.png", nrow=columns)
             written.append(folder / "discrete_columns.png")
         print("wrote " + ", ".join(str(p) for p in written))
@@ -92,7 +109,7 @@ class EBMFlowTrainer(L.Trainer):
         model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         loader = torch.utils.data.DataLoader(datamodule.split(split), batch_size=256)
         probabilities, labels = [], []
-        for images, targets in loader:
+        for images, targets in tqdm(loader, desc=f"encoding {split}", unit="batch"):
             probabilities.append(model.encode(images.to(model.device)).cpu())
             labels.append(targets)
         p = torch.cat(probabilities)
@@ -110,6 +127,37 @@ class EBMFlowTrainer(L.Trainer):
         )
         print(f"wrote {path}: {len(p)} codes of {p.shape[1]} spins")
         return path
+
+
+GRID_MAX = 256  # images in samples.png (all of them go to samples.npz)
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def write_npz(path: Path, name: str, shape: tuple[int, ...], dtype, batches, progress, keep: int) -> Tensor:
+    """Stream ``batches`` (tensors along the first axis of ``shape``) into the array ``name`` of a
+    compressed .npz, written atomically; returns the first ``keep`` rows. Memory: one batch."""
+    kept = []
+
+    def write(handle) -> None:
+        with (
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive,
+            archive.open(f"{name}.npy", "w", force_zip64=True) as member,
+        ):
+            header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_2_0(member, header)
+            done = 0
+            for batch in batches:
+                member.write(np.ascontiguousarray(batch.numpy(), dtype=dtype).tobytes())
+                if done < keep:
+                    kept.append(batch[: keep - done])
+                done += len(batch)
+                progress(len(batch))
+
+    atomic_write(path, write)
+    return torch.cat(kept)
 
 
 def _load_for_inference(model: EBMFlow, ckpt_path: str, device: torch.device) -> EBMFlow:
@@ -142,6 +190,14 @@ class LoggedConfig(SaveConfigCallback):
         self.already_saved = True
 
 
+def _data_shape(data: ImageDataModule) -> list[int]:
+    return list(data.shape)
+
+
+def _data_dim(data: ImageDataModule) -> int:
+    return math.prod(data.shape)
+
+
 class EBMFlowCLI(IgnoreCheckpointHyperparameters):
     """LightningCLI for EBMFlow: any ImageDataModule, priors by short name (entry points included), one
     run directory per run (``--trainer.default_root_dir``: the logger's ``save_dir`` and the checkpoints
@@ -154,6 +210,12 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
             "sample": {"model", "datamodule"},
             "encode": {"model", "datamodule"},
         }
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data decide the shapes: the flow's in_shape and the prior's dim follow --data (a config
+        # names the dataset once). The variational dequantizer's in_shape stays explicit (it may be null).
+        parser.link_arguments("data", "model.flow.init_args.in_shape", _data_shape, apply_on="instantiate")
+        parser.link_arguments("data", "model.prior.init_args.dim", _data_dim, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -206,6 +268,14 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
     def before_test(self) -> None:
         self._own_run_directory(self.config.test.get("ckpt_path"))
 
+    def before_predict(self) -> None:
+        self._own_run_directory(self.config.predict.get("ckpt_path"))
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())  # <run>/predictions.npz
+
+    def after_predict(self) -> None:
+        self._release_run_directory()
+
     def after_fit(self) -> None:
         self._release_run_directory()
 
@@ -227,24 +297,22 @@ DESCRIPTION = (
 )
 
 
-def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    debug = "--debug" in argv or os.environ.get("EBMFLOW_DEBUG", "") not in ("", "0")
-    argv = [arg for arg in argv if arg != "--debug"]
-    if argv[:1] == ["report"]:
-        report.main(argv[1:])
-        return
+def run(args: list[str] | None = None, debug: bool = False) -> None:
+    """Run one subcommand (``args``; None: sys.argv). Expected mistakes end in one "error:" line and
+    exit status 2, a diverged run in exit status 1; ``debug`` raises instead, with the traceback."""
     # Sharp mixture components drive exp() into the subnormal range, where CPU arithmetic is up to
     # ~40x slower; flushing subnormals to zero changes nothing at the precision the flow works in.
+    # Scoped to the command: a caller's process (a notebook, the tests) gets its own setting back.
     torch.set_flush_denormal(True)
     try:
-        make_cli(argv)
+        make_cli(args)
     except (*USER_ERRORS, NonFiniteLossError) as error:
         if debug:
             raise
-        # one line: the message names the option or file and the fix (--debug shows the traceback)
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> EBMFlowCLI:

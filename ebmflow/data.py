@@ -103,6 +103,7 @@ class ImageDataModule(L.LightningDataModule):
         hflip: flip training images horizontally at random.
         num_workers: DataLoader worker processes.
         seed: shuffling and train/validation split seed.
+        predict_split: the split ``ebmflow predict`` scores ("train", "val" or "test").
     """
 
     shape: tuple[int, int, int]
@@ -114,8 +115,11 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        predict_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()
+        if predict_split not in ("train", "val", "test"):
+            raise ValueError(f'predict_split must be "train", "val" or "test", got {predict_split!r}')
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -125,6 +129,7 @@ class ImageDataModule(L.LightningDataModule):
         self.hflip = hflip
         self.num_workers = num_workers
         self.seed = seed
+        self.predict_split = predict_split
 
     def _train_set(self) -> Dataset:
         raise NotImplementedError
@@ -138,7 +143,7 @@ class ImageDataModule(L.LightningDataModule):
             n_val = round(len(full) * self.val_fraction)
             generator = torch.Generator().manual_seed(self.seed)
             self.train_set, self.val_set = random_split(full, [len(full) - n_val, n_val], generator=generator)
-        if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
+        if stage in (None, "test") and not hasattr(self, "test_set"):
             self.test_set = self._test_set()
 
     def train_dataloader(self) -> ResumableLoader:
@@ -159,7 +164,10 @@ class ImageDataModule(L.LightningDataModule):
         return ResumableLoader(self.test_set, self.batch_size, False, self.seed, self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        # a plain loader: Lightning re-creates prediction loaders from their constructor arguments
+        return DataLoader(
+            self.split(self.predict_split), batch_size=self.batch_size, num_workers=self.num_workers
+        )
 
     def split(self, name: str) -> Dataset:
         """The "train", "val" or "test" dataset."""
@@ -285,7 +293,9 @@ class ImageFolderDataModule(ImageDataModule):
     def _folder(self) -> Path:
         root = Path(self.root)
         if not root.exists():
-            raise FileNotFoundError(f"{root} does not exist: pass --data.root a folder or a .tar.gz archive")
+            raise FileNotFoundError(
+                f"{root} does not exist: pass --data.init_args.root a folder or a .tar.gz archive"
+            )
         if root.is_dir():
             return _single_child(root)
         target = Path(self.cache or "data") / root.name.removesuffix(".tar.gz")

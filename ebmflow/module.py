@@ -33,6 +33,7 @@ __all__ = ["EBMFlow", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 VALIDATION_SEED = 0
+RANK_SEED_STRIDE = 7919  # rank r trains from seed + r · stride (a prime: no two runs' ranks collide early)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,6 +97,7 @@ class EBMFlow(L.LightningModule):
         )
         self.flow = flow
         self.prior = prior
+        self.prior.check_finite = False  # the module checks its objective itself (``nonfinite``)
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
         self.uniform = UniformDequantizer()
         self.optimizer_factory = optimizer
@@ -131,7 +133,7 @@ class EBMFlow(L.LightningModule):
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             # Give each rank its own random stream (dropout, dequantization noise, Gibbs sampling)
             # and its own PCD chains; seed_everything gives them all the same one.
-            torch.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
+            torch.manual_seed(torch.initial_seed() + RANK_SEED_STRIDE * self.global_rank)
             self.prior.reset_rank_local_state()
 
     def configure_optimizers(self):
@@ -262,13 +264,13 @@ class EBMFlow(L.LightningModule):
         # Validation draws its dequantization noise from a fixed seed and leaves the training stream as
         # it was: every validation sees the same noise, and a run resumed from a checkpoint taken just
         # before a validation (which the resumed run does not repeat) continues exactly.
-        self._training_rng = torch.get_rng_state()
-        torch.manual_seed(VALIDATION_SEED)
+        self._training_rng = random_state(self.device)
+        torch.manual_seed(VALIDATION_SEED)  # every device's generator
         if isinstance(self.prior, DiscretePrior) and self.prior.log_partition_is_exact:
             self.prior.estimate_log_partition()  # exact and cheap: keeps train/objective's log Z current
 
     def on_validation_epoch_end(self) -> None:
-        torch.set_rng_state(self._training_rng)
+        set_random_state(self._training_rng, self.device)
         finite, self._validation_finite = self._validation_finite, True
         if not finite:  # raised before ModelCheckpoint sees this validation: never a "best" checkpoint
             raise NonFiniteLossError(
@@ -288,9 +290,15 @@ class EBMFlow(L.LightningModule):
             log.info("log Z_s = %.3f ± %.3f (AIS) for the test bits/dim", value.item(), stderr.item())
             self.log_dict({"test/log_z_s": value, "test/log_z_s_stderr": stderr})
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Bits/dim (uniform-dequantization bound) of each image."""
-        return self.bits_per_dim(self.log_likelihood(batch[0], self.uniform))
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Per image: bits/dim (uniform-dequantization bound), the label and, for discrete priors, the
+        exact posterior p(s_i = +1 | z) and the most likely code (ebmflow.prediction writes them)."""
+        images, labels = batch
+        out = {"bpd": self.bits_per_dim(self.log_likelihood(images, self.uniform)), "labels": labels}
+        if isinstance(self.prior, DiscretePrior):
+            p = self.encode(images)
+            out |= {"probabilities": p.float(), "codes": torch.where(p > 0.5, 1, -1).to(torch.int8)}
+        return out
 
     # ------------------------------------------------------------------------- sampling and codes
     def decode(self, z: Tensor) -> Tensor:
@@ -327,9 +335,9 @@ class EBMFlow(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Every rank's random state and rank-local prior state (PCD chains), so a resumed run
         continues exactly."""
-        state = {"torch": torch.get_rng_state()}
+        state = random_state(self.device)
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            state["torch"] = self.all_gather(state["torch"].to(self.device)).cpu()
+            state = {key: self.all_gather(value.to(self.device)).cpu() for key, value in state.items()}
             local = {f"prior.{name}": buffer for name, buffer in self.prior.rank_local_state().items()}
             for key, buffer in local.items():
                 checkpoint["state_dict"][key] = self.all_gather(buffer).cpu()
@@ -343,9 +351,10 @@ class EBMFlow(L.LightningModule):
         for key in checkpoint.get("ebmflow_rank_local", []):  # saved by several ranks: take this one's
             saved = checkpoint["state_dict"][key]
             checkpoint["state_dict"][key] = saved[rank % saved.shape[0]]
-        rng = checkpoint.get("ebmflow_rng", {}).get("torch")
-        if rng is not None:
-            self._rng_to_restore = rng[rank % rng.shape[0]] if rng.dim() == 2 else rng
+        saved = checkpoint.get("ebmflow_rng", {})  # (ranks, n) when saved by several ranks
+        self._rng_to_restore = {
+            key: rng[rank % rng.shape[0]] if rng.dim() == 2 else rng for key, rng in saved.items()
+        }
         self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
         self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
 
@@ -353,10 +362,24 @@ class EBMFlow(L.LightningModule):
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
         # Restored here, after any sanity-check validation, which draws random numbers too.
         rng = getattr(self, "_rng_to_restore", None)
-        if rng is not None:
-            torch.set_rng_state(rng)
+        if rng:
+            set_random_state(rng, self.device)
             self._rng_to_restore = None
         if self.trainer.ckpt_path is not None:  # resumed: the interrupted run's later rows are superseded
             for logger in self.loggers:
                 if isinstance(logger, CSVLogger):
                     logger.resume_at(self.global_step)
+
+
+def random_state(device: torch.device) -> dict[str, Tensor]:
+    """The random streams training draws from on ``device``: the CPU's and, on CUDA, that device's."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -27,8 +27,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
-from ebmflow.loggers import wandb_api_key_configured
-
 __all__ = ["main", "read_run", "read_wandb_group", "summarise", "write_report"]
 
 NAMES = {
@@ -168,6 +166,8 @@ def read_wandb_group(path: str, api: object | None = None) -> list[dict]:
     if entity_project.count("/") != 1 or not group:
         raise ValueError(f"a W&B group is ENTITY/PROJECT/GROUP, got {path!r}")
     if api is None:
+        from ebmflow.loggers import wandb_api_key_configured  # (imports Lightning: only here)
+
         if not wandb_api_key_configured():
             raise RuntimeError(
                 "reading a W&B group needs an API key (`wandb login` or WANDB_API_KEY); offline, pass the "

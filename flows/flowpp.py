@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from flows.actnorm import ActNorm
 from flows.base import Bijection, Compose
@@ -50,9 +50,15 @@ class FlowPlusPlus(Compose):
         channel: int = 2,
     ) -> None:
         in_shape = tuple(in_shape)
+        if len(in_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in in_shape):
+            raise ValueError(f"in_shape must be (C, H, W) of positive integers, got {in_shape!r}")
         channels, height, width = in_shape
         if height % 2 or width % 2:
             raise ValueError(f"FlowPlusPlus needs even height and width, got in_shape={in_shape}")
+        if filters < 1 or components < 1 or blocks < 0:
+            raise ValueError(
+                f"filters and components must be >= 1 and blocks >= 0, got {filters}, {components}, {blocks}"
+            )
         squeezed = (4 * channels, height // 2, width // 2)
 
         def step(shape: tuple[int, int, int], split: str, parity: int) -> list[Bijection]:
@@ -80,6 +86,36 @@ class FlowPlusPlus(Compose):
         super().__init__(layers)
         self.in_shape = in_shape
         self.out_shape = squeezed
+        self.check_range = True  # the [0, 1] check on forward's input (one reduction)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (batch, C, H, W) floats in [0, 1] (dequantized images) -> (z, log|det ∂z/∂x|)."""
+        self._check_input(x, self.in_shape, "x")
+        if self.check_range and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+            low, high = float(x.min()), float(x.max())
+            raise ValueError(
+                f"FlowPlusPlus takes images scaled to [0, 1] (dequantized: (pixels + noise) / 256), got "
+                f"values in [{low:g}, {high:g}]: divide 0-255 images by 256 (check_range = False skips this)"
+            )
+        return super().forward(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """z: (batch, 4C, H/2, W/2) -> images in (0, 1)."""
+        self._check_input(y, self.out_shape, "z")
+        return super().inverse(y, context)
+
+    def _check_input(self, x: Tensor, shape: tuple[int, ...], name: str) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(
+                f"FlowPlusPlus needs a floating-point {name}, got {kind}: uint8 images go through a "
+                "dequantizer (or .float() / 256) first"
+            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(
+                f"FlowPlusPlus was built with in_shape={self.in_shape}: {name} must have shape "
+                f"(batch, {', '.join(map(str, shape))}), got {tuple(x.shape)}"
+            )
 
     @property
     def num_parameters(self) -> int:

@@ -80,9 +80,11 @@ def mixture_logit_cdf_inverse(
         hi = torch.where(g > 0, x, hi)
         x_new = (lo + hi) / 2
         if newton:
-            # A Newton step must stay in the bracket and have halved the residual since the last
-            # Newton step (or be a step below
-            # tolerance); otherwise bisect. This bounds the worst case at twice bisection's count.
+            # Take the Newton step when it lands inside the bracket and either the residual here is at
+            # most half the residual where the last Newton step was taken (any residual right after a
+            # bisection) or the step is below tolerance; otherwise bisect. At most every other
+            # iteration is a Newton step that fails to halve the residual, so the worst case is twice
+            # bisection's count.
             step = x - g * torch.exp(-log_dg)
             residual = g.abs()
             converged = (step - x).abs() <= tol * (1 + x.abs())

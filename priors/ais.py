@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from priors.spins import all_spin_states, log_2cosh, sample_spins
 
@@ -55,7 +56,15 @@ def ais_log_partition(
     log_w = weight.new_zeros(chains)
     log_z0 = n_h * math.log(2) + log_2cosh(bias_v).sum()
     beta_values = betas.tolist()
-    for prev, beta in itertools.pairwise(beta_values):
+    steps = tqdm(  # shown on a terminal only (disable=None), gone when done
+        itertools.pairwise(beta_values),
+        total=len(beta_values) - 1,
+        desc="AIS",
+        unit="β",
+        leave=False,
+        disable=None,
+    )
+    for prev, beta in steps:
         log_w += _log_unnormalised(s_v, beta, weight, bias_v, bias_h)
         log_w -= _log_unnormalised(s_v, prev, weight, bias_v, bias_h)
         s_h = sample_spins(beta * (s_v @ weight + bias_h))

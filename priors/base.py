@@ -23,7 +23,13 @@ class Prior(nn.Module, abc.ABC):
 
     Constructor arguments of subclasses are plain values (ints, floats, strings, bools) so that
     LightningCLI can build any prior from YAML.
+
+    ``log_prob`` and ``loss`` refuse NaN or infinite z with a clear error; set ``check_finite = False``
+    on an instance to skip that check (one reduction per call) where the caller checks its own result,
+    as ``ebmflow.EBMFlow`` does.
     """
+
+    check_finite: bool = True
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -41,6 +47,7 @@ class Prior(nn.Module, abc.ABC):
     def log_prob(self, z: Tensor) -> Tensor:
         """z: (batch, dim) -> (batch,) normalised log density."""
         self._check_z(z)
+        self._check_finite(z)
         with _exact_precision(z):
             return self._log_prob(z)
 
@@ -48,6 +55,7 @@ class Prior(nn.Module, abc.ABC):
         """z: (batch, dim) -> scalar whose gradient is (an unbiased estimate of) the gradient of
         −mean log p(z) with respect to z and the prior's parameters (docs/maths.md §4)."""
         self._check_z(z)
+        self._check_finite(z)
         with _exact_precision(z):
             return self._loss(z)
 
@@ -75,6 +83,14 @@ class Prior(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _sample(self, n: int, temperature: float) -> Tensor: ...
+
+    def _check_finite(self, z: Tensor) -> None:
+        if self.check_finite and not bool(z.isfinite().all()):
+            rows = int((~z.isfinite().all(1)).sum())
+            raise ValueError(
+                f"z holds NaN or infinite values ({rows} of {len(z)} rows): the flow's output has diverged "
+                f"or its input was not finite; {type(self).__name__} has no density there"
+            )
 
     def _check_z(self, z: Tensor, name: str = "z") -> None:
         if not isinstance(z, Tensor):

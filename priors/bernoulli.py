@@ -5,6 +5,8 @@ p(z) = Π_i [σ(2h_i) N(z_i; +1, 1/Δ) + σ(−2h_i) N(z_i; −1, 1/Δ)], with e
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,8 +28,8 @@ class BernoulliPrior(SmoothedSpinPrior):
 
     def __init__(self, dim: int, delta: float = 1.0) -> None:
         super().__init__(dim)
-        if not delta > 0:
-            raise ValueError(f"delta (Δ) must be positive, got {delta!r}")
+        if not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"delta (Δ) must be a finite number above 0, got {delta!r}")
         self.register_buffer("delta", torch.tensor(float(delta)))
 
     def precision(self) -> SmoothedPrecision:

@@ -10,6 +10,7 @@ factorisation:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,7 @@ class CouplingMatrix(nn.Module):
     Args:
         n_visible, n_hidden: block sizes.
         delta: Δ, the smoothing precision (initial value when learned).
-        learn_delta: learn log Δ (the paper kept Δ fixed).
+        learn_delta: learn Δ too, as softplus(raw) + 10⁻³ (the paper kept Δ fixed).
         max_ratio: ρ, the largest allowed σ_max(W) / Δ.
     """
 
@@ -87,8 +88,8 @@ class CouplingMatrix(nn.Module):
         self, n_visible: int, n_hidden: int, delta: float, learn_delta: bool = False, max_ratio: float = 0.99
     ) -> None:
         super().__init__()
-        if not delta > DELTA_FLOOR:
-            raise ValueError(f"delta (Δ) must be positive (above {DELTA_FLOOR}), got {delta!r}")
+        if not (math.isfinite(delta) and delta > DELTA_FLOOR):
+            raise ValueError(f"delta (Δ) must be a finite number above {DELTA_FLOOR}, got {delta!r}")
         if not 0 < max_ratio < 1:
             raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio!r}")
         self.max_ratio = max_ratio

@@ -15,9 +15,9 @@ from ebmflow.callbacks import (
     SampleGrids,
     SampleQuality,
     build_quality_metrics,
-    code_nmi,
 )
 from ebmflow.data import DigitsDataModule
+from ebmflow.health import code_nmi
 from priors import BlockGibbs, GaussianPrior, RBMPrior
 from tests.ebmflow.helpers import tiny_model, trainer
 
@@ -57,7 +57,7 @@ def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> Non
     assert run.callback_metrics["ais/test_bpd"].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
-def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path) -> None:
+def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, device: torch.device) -> None:
     """Built after seeding (as the CLI does) and run every epoch, the callbacks change no parameter."""
 
     def fit(measure: bool, root: Path):
@@ -70,7 +70,7 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path) -
                 CodeNMI(),
             ]
         model = tiny_model()
-        run = trainer(root, max_epochs=2, limit_train_batches=3, callbacks=callbacks)
+        run = trainer(root, accelerator=device.type, max_epochs=2, limit_train_batches=3, callbacks=callbacks)
         run.fit(model, DigitsDataModule(batch_size=64))
         return model
 

@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from ebmflow.cli import main
+from ebmflow.cli import make_cli, write_npz
+from ebmflow.command import main
+from ebmflow.data import DigitsDataModule
 from tests.ebmflow.helpers import TINY, write_image_archive
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def run(*args: str) -> None:
@@ -105,10 +109,8 @@ def test_prior_by_short_name_and_configs_compose(tiny_config: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--model.prior.init_args.dim", "63"], "dim=64"),
         (["--model.prior.init_args.delta", "0.0"], "delta"),
         (["--model.prior", "NoSuchPrior"], "NoSuchPrior"),
-        (["--model.flow.init_args.in_shape", "[1, 16, 16]"], "in_shape"),
         (["--data.init_args.batch_size", "0"], "--data.init_args.batch_size"),
         (["--model.nonfinite", "ignore"], "nonfinite"),
     ],
@@ -167,9 +169,25 @@ def test_damaged_data_ends_in_one_line_naming_the_file(tmp_path: Path, damage: s
     assert named in text
 
 
+def test_the_command_leaves_the_callers_float_settings_alone(tiny_config: Path) -> None:
+    with pytest.raises(SystemExit):  # the command flushes subnormals while it runs, and only then
+        run("fit", "--config", str(tiny_config), "--model.prior.init_args.delta", "0.0")
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
 def test_debug_shows_the_traceback(tiny_config: Path) -> None:
-    with pytest.raises(ValueError, match="dim=64"):
-        run("fit", "--config", str(tiny_config), "--model.prior.init_args.dim", "63", "--debug")
+    with pytest.raises(ValueError, match="delta"):
+        run("fit", "--config", str(tiny_config), "--model.prior.init_args.delta", "0.0", "--debug")
+
+
+@pytest.mark.skipif(
+    not (SHARED / "FashionMNIST" / "raw").is_dir(), reason="../shared/data is not beside the checkout"
+)
+def test_the_data_decide_the_flow_and_prior_shapes(tiny_config: Path) -> None:
+    """A config names its dataset once: the flow's in_shape and the prior's dim follow --data."""
+    data = ["--data", "ebmflow.data.TorchvisionDataModule", "--data.init_args.name", "fashion_mnist"]
+    cli = make_cli(["--config", str(tiny_config), *data, "--data.init_args.root", str(SHARED)], run=False)
+    assert cli.model.flow.in_shape == (1, 28, 28) and cli.model.prior.dim == 784
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
@@ -187,3 +205,47 @@ def test_bad_checkpoints_fail_clearly(
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and error.startswith("error: ")
         assert "checkpoint" in error and str(path) in error
+
+
+def test_many_samples_stream_to_the_npz_and_the_grids_stay_square(tiny_config: Path, tmp_path: Path) -> None:
+    run("fit", "--config", str(tiny_config))
+    ckpt = only_checkpoint(tmp_path / "run")
+    out = tmp_path / "many"
+    args = ["--num_samples", "600", "--columns", "4", "--batch_size", "128", "--out", str(out)]
+    run("sample", "--config", str(tiny_config), "--ckpt_path", str(ckpt), *args)
+    assert np.load(out / "samples.npz")["images"].shape == (600, 1, 8, 8)
+    # 8x8 images with torchvision's 2-pixel padding: samples.png 16 x 16 (GRID_MAX = 256), Fig. 3 4 x 4
+    assert Image.open(out / "samples.png").size == (16 * 10 + 2, 16 * 10 + 2)
+    assert Image.open(out / "discrete_columns.png").size == (4 * 10 + 2, 4 * 10 + 2)
+
+
+def test_write_npz_streams_batches_exactly(tmp_path: Path) -> None:
+    data = torch.arange(7 * 5 * 3, dtype=torch.int32).reshape(35, 3) % 251
+    seen = []
+    kept = write_npz(tmp_path / "a.npz", "images", (35, 3), np.uint8, iter(data.split(5)), seen.append, 12)
+    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], data.numpy().astype(np.uint8))
+    assert torch.equal(kept, data[:12]) and seen == [5] * 7
+
+
+def test_predict_writes_per_image_bits_per_dim_and_codes(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    run("fit", "--config", str(tiny_config))
+    ckpt = str(only_checkpoint(tmp_path / "run"))
+    args = ["--config", str(tiny_config), "--ckpt_path", ckpt, "--data.init_args.predict_split", "val"]
+    run("predict", *args)
+    run("predict", *args)  # a second run never replaces the first file
+    first, second = tmp_path / "run" / "predictions.npz", tmp_path / "run" / "predictions-2.npz"
+    assert f"wrote {first}" in capsys.readouterr().out and second.is_file()
+    saved = np.load(first)
+    assert sorted(saved) == ["bpd", "codes", "labels", "probabilities"]
+    # exactly the encode command's codes and the model's per-image uniform bound
+    model = make_cli(["--config", str(tiny_config)], run=False).model
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    model.eval()
+    data = DigitsDataModule(batch_size=32)
+    images, labels = zip(*[data.split("val")[i] for i in range(len(data.split("val")))], strict=True)
+    images = torch.stack(images)
+    assert np.array_equal(saved["labels"], np.array(labels))
+    probabilities = model.encode(images).numpy()
+    assert np.allclose(saved["probabilities"], probabilities, atol=1e-6)
+    assert np.array_equal(saved["codes"], np.where(probabilities > 0.5, 1, -1))
+    assert saved["bpd"].shape == (len(images),) and np.isfinite(saved["bpd"]).all()

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ebmflow.cli import EBMFlowCLI, make_cli
+from ebmflow.command import main
 from flows import count_parameters
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -75,3 +77,51 @@ def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 4 and not torch.equal(prior.bias.detach(), before)
     assert cli.model.sample(3).shape == (3, 1, 8, 8)
+
+
+COMBINATIONS = [
+    *[(CONF / f"{name}.yaml",) for name in (*PRIORS, "demo")],
+    *[(CONF / "fashion_mnist" / f"{name}.yaml",) for name in PRIORS],
+    *[
+        (CONF / "fashion_mnist" / f"{name}.yaml", CONF / "fashion_mnist" / "cpu_small.yaml")
+        for name in PRIORS
+    ],
+    (CONF / "rbm.yaml", CONF / "wandb.yaml"),
+]
+
+
+@pytest.mark.parametrize("paths", COMBINATIONS, ids=lambda ps: "+".join(p.stem for p in ps))
+def test_print_config_round_trips(paths: tuple[Path, ...], tmp_path: Path, capsys) -> None:
+    """What --print_config prints is a config that builds the same run."""
+    flags = [arg for path in paths for arg in ("--config", str(path))]
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", *flags, "--print_config"])
+    assert printed.value.code == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "printed.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit):  # printing what was printed changes nothing
+        main(["fit", "--config", str(path), "--print_config"])
+    assert capsys.readouterr().out == text
+    config = yaml.safe_load(text)
+    for argument in ("ckpt_path", "weights_only"):  # fit's own arguments; the rest is the run
+        config.pop(argument)
+    path.write_text(yaml.safe_dump(config))
+
+    def summary(cli: EBMFlowCLI) -> tuple:
+        model, trainer = cli.model, cli.trainer
+        return (
+            type(model.prior).__name__,
+            count_parameters(model),
+            model.flow.in_shape,
+            model.prior.dim,
+            trainer.max_steps,
+            trainer.max_epochs,
+            sorted(type(c).__name__ for c in trainer.callbacks),
+            type(trainer.logger).__name__,
+            trainer.log_dir,
+            type(cli.datamodule).__name__,
+            cli.datamodule.batch_size,
+        )
+
+    assert summary(make_cli(["--config", str(path)], run=False)) == summary(build(*paths))

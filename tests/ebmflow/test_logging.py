@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebmflow.cli import main, make_cli
+from ebmflow.cli import make_cli
+from ebmflow.command import main
 from ebmflow.report import read_run
 from tests.ebmflow.helpers import TINY
 

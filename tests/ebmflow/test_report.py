@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ebmflow import report
-from ebmflow.cli import main
+from ebmflow import loggers, report
+from ebmflow.command import main
 
 METRICS = {
     "rbm": [
@@ -147,6 +147,6 @@ def test_report_from_a_wandb_group_matches_the_run_directories(tmp_path: Path) -
 def test_report_says_what_a_wandb_group_is(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="ENTITY/PROJECT/GROUP"):
         report.read_wandb_group("ablation")
-    monkeypatch.setattr(report, "wandb_api_key_configured", lambda: False)
+    monkeypatch.setattr(loggers, "wandb_api_key_configured", lambda: False)
     with pytest.raises(RuntimeError, match="pass the run directories"):
         report.read_wandb_group("me/ebmflow/ablation")

@@ -2,6 +2,7 @@
 logs written atomically, the training config never overwritten, every file of a run under the one
 directory the config names, and the command line winning over a checkpoint's hyperparameters."""
 
+import inspect
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from ebmflow.cli import main, make_cli
+from ebmflow.cli import make_cli
+from ebmflow.command import main
 from ebmflow.loggers import CSVLogger, read_rows
 from ebmflow.rundir import LOCK_NAME, TEMP_MARK, AtomicCheckpointIO, RunLock, atomic_write
 from tests.ebmflow.helpers import TINY
@@ -181,3 +183,14 @@ def test_the_run_directory_moves_everything(tmp_path: Path) -> None:
         ["--config", str(CONF / "demo.yaml"), "--trainer.default_root_dir", str(elsewhere)], run=False
     )
     assert cli.trainer.logger.save_dir == str(elsewhere) and cli.trainer.log_dir == str(elsewhere)
+
+
+def test_the_lightning_name_overridden_for_checkpoint_hyperparameters_still_exists() -> None:
+    """ebmflow/lightning_seams.py overrides LightningCLI._parse_ckpt_path so that a checkpoint's
+    hyperparameters never replace the user's flags. If a Lightning release renames it, the override
+    would silently stop working: this fails instead (test_one_directory_holds_the_run... checks the
+    behaviour)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    assert callable(vars(LightningCLI).get("_parse_ckpt_path")), "Lightning renamed _parse_ckpt_path"
+    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)

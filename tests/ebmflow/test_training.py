@@ -18,7 +18,9 @@ from tests.ebmflow.helpers import tiny_model, trainer
 @pytest.mark.parametrize(
     "options", [{}, {"prior_optimizer": lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9)}]
 )
-def test_resume_continues_exactly_from_every_checkpoint(tmp_path: Path, options: dict) -> None:
+def test_resume_continues_exactly_from_every_checkpoint(
+    tmp_path: Path, options: dict, device: torch.device
+) -> None:
     """26 steps straight (20 batches an epoch, validation every 10), saving the checkpoints the configs
     write (after a validation mid-epoch, after the validation that ends an epoch) and others (mid-epoch,
     at the end of an epoch's last batch before its validation); resuming from each to step 26 gives the
@@ -45,7 +47,7 @@ def test_resume_continues_exactly_from_every_checkpoint(tmp_path: Path, options:
     for name, differing in cases.items():
         L.seed_everything(123)  # the resumed run must not depend on the new process's seed
         resumed = tiny_model(**options)
-        trainer(tmp_path / name, max_steps=26, val_check_interval=10).fit(
+        trainer(tmp_path / name, accelerator=device.type, max_steps=26, val_check_interval=10).fit(
             resumed, DigitsDataModule(**data), ckpt_path=checkpoints / name, weights_only=True
         )
         assert resumed.current_epoch == straight.current_epoch, name
@@ -53,6 +55,23 @@ def test_resume_continues_exactly_from_every_checkpoint(tmp_path: Path, options:
             key for key, value in resumed.state_dict().items() if not torch.equal(value, expected[key])
         }
         assert unequal == differing, name
+
+
+def test_training_steps_on_every_device(tmp_path: Path, device: torch.device) -> None:
+    """Three real steps on each available device (bf16-mixed too on CUDA): everything moved there,
+    every parameter updated and finite, ActNorm initialised, the PCD chains advanced."""
+    for precision in ["32-true"] + (["bf16-mixed"] if device.type == "cuda" else []):
+        L.seed_everything(0)
+        model = tiny_model()
+        before = {key: value.clone() for key, value in model.state_dict().items()}
+        run = trainer(tmp_path / precision, accelerator=device.type, max_steps=3, precision=precision)
+        run.fit(model, DigitsDataModule(batch_size=64))
+        assert model.device.type == device.type
+        after = model.state_dict()
+        for name, parameter in model.named_parameters():
+            assert torch.isfinite(parameter).all() and not torch.equal(parameter.cpu(), before[name]), name
+        assert bool(after["flow.layers.1.initialized"])
+        assert not torch.equal(after["prior.sampler.chains"].cpu(), before["prior.sampler.chains"])
 
 
 class ExplodingPrior(GaussianPrior):

@@ -88,8 +88,12 @@ def build(name: str, dtype: torch.dtype) -> tuple[Bijection, Tensor, Tensor | No
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-8), (torch.float32, 1e-4)])
-def test_inverse_of_forward_is_identity(name: str, dtype: torch.dtype, tol: float) -> None:
+def test_inverse_of_forward_is_identity(
+    name: str, dtype: torch.dtype, tol: float, device: torch.device
+) -> None:
     bijection, x, context = build(name, dtype)
+    bijection, x = bijection.to(device), x.to(device)
+    context = None if context is None else context.to(device)
     with torch.no_grad():
         y, logdet = bijection(x, context)
         x_back = bijection.inverse(y, context)

@@ -99,3 +99,19 @@ def test_mixed_precision_keeps_the_data_path_in_float32() -> None:
         y_back = flow.inverse(z)
     assert z.dtype == torch.float32 and logdet.dtype == torch.float32
     assert (y_back - y).abs().max() < 1e-4
+
+
+def test_flowpp_names_what_to_change_for_bad_inputs() -> None:
+    flow = FlowPlusPlus((1, 4, 4), filters=4, components=2, blocks=1)
+    for images in (torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8), torch.full((2, 1, 4, 4), 200.0)):
+        with pytest.raises((TypeError, ValueError), match="256"):
+            flow(images)
+    with pytest.raises(ValueError, match=r"in_shape=\(1, 4, 4\): x must have shape \(batch, 1, 4, 4\)"):
+        flow(torch.rand(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"z must have shape \(batch, 4, 2, 2\)"):
+        flow.inverse(torch.randn(2, 16))
+    flow.check_range = False  # opted out: values outside [0, 1] pass through (to NaN)
+    assert not torch.isfinite(flow(torch.full((2, 1, 4, 4), 2.0))[0]).all()
+    for bad in ({"components": 0}, {"filters": 0}, {"in_shape": (1, 4)}):
+        with pytest.raises(ValueError, match=r"components|filters|in_shape"):
+            FlowPlusPlus(**{"in_shape": (1, 4, 4), **bad})

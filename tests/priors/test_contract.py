@@ -22,9 +22,9 @@ def prior(name: str) -> Prior:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_shapes_and_dtypes(prior: Prior, dtype: torch.dtype) -> None:
-    prior = prior.to(dtype)
-    z = torch.randn(5, DIM, dtype=dtype)
+def test_shapes_and_dtypes(prior: Prior, dtype: torch.dtype, device: torch.device) -> None:
+    prior = prior.to(device, dtype)
+    z = torch.randn(5, DIM, dtype=dtype, device=device)
     assert prior.dim == DIM
     log_p = prior.log_prob(z)
     assert log_p.shape == (5,) and log_p.dtype == dtype
@@ -32,6 +32,7 @@ def test_shapes_and_dtypes(prior: Prior, dtype: torch.dtype) -> None:
     samples = prior.sample(7, temperature=0.7)
     assert samples.shape == (7, DIM) and samples.dtype == dtype
     assert torch.isfinite(samples).all() and torch.isfinite(log_p).all()
+    assert samples.device.type == log_p.device.type == device.type
     if isinstance(prior, DiscretePrior):
         s = prior.sample_discrete(4)
         assert s.shape == (4, DIM) and s.dtype == dtype
@@ -74,6 +75,12 @@ def test_bad_inputs_fail_with_clear_messages(prior: Prior) -> None:
         prior.loss(torch.ones(3, DIM, dtype=torch.long))
     with pytest.raises(ValueError, match="is on meta"):
         prior.log_prob(torch.randn(3, DIM, device="meta"))
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(2 of 3 rows\)"):
+        prior.log_prob(torch.tensor([[float("nan")] * DIM, [0.0] * DIM, [float("inf")] * DIM]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        prior.loss(torch.full((3, DIM), float("nan")))
+    prior.check_finite = False  # opted out: the caller checks its own result
+    assert torch.isnan(prior.log_prob(torch.full((2, DIM), float("nan")))).all()
     with pytest.raises(ValueError, match="positive integer"):
         prior.sample(0)
     with pytest.raises(ValueError, match="temperature"):
@@ -84,9 +91,10 @@ def test_bad_inputs_fail_with_clear_messages(prior: Prior) -> None:
 
 
 @pytest.mark.parametrize("cls", [MultiCovPrior, BernoulliPrior, RBMPrior])
-def test_non_positive_delta_is_refused(cls: type) -> None:
-    with pytest.raises(ValueError, match="delta"):
-        cls(4, delta=0.0)
+@pytest.mark.parametrize("delta", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_delta_that_is_not_positive_and_finite_is_refused(cls: type, delta: float) -> None:
+    with pytest.raises(ValueError, match=r"delta \(Δ\) must be a finite number above"):
+        cls(4, delta=delta)
 
 
 def test_autocast_does_not_reach_the_prior(prior: Prior) -> None:

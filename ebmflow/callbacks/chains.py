@@ -1,0 +1,150 @@
+"""Whether PCD's persistent chains follow the RBM: chain lag, mixing, tempering swap rates."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
+from ebmflow.health import integrated_autocorrelation_time
+from priors import RBMPrior
+from priors.samplers import ParallelTempering, Sampler, gibbs
+
+__all__ = ["ChainHealth"]
+
+log = logging.getLogger(__name__)
+SLOW_MIXING = 10  # warn when the energy's autocorrelation time exceeds a tenth of the recorded sweeps
+
+
+class ChainHealth(EveryNEpochs):
+    """Whether PCD's persistent chains follow the RBM (docs/maths.md §8), after every validation:
+
+    - ``health/chain_logp``, ``health/fresh_logp``, ``health/data_logp``: mean −F(s_v) (log p̃ with the
+      hidden units summed out) of the persistent chains, of fresh samples from a long independent run
+      (``reference``, from fair coins), and of the data's codes (visible part of argmax p(s|z) of the
+      validation images);
+    - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
+      when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
+    - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
+      ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
+      the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
+      parallel tempering).
+
+    A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
+    (and three standard errors), when the chains barely mix, or when a tempering swap rate is under
+    ``min_swap_acceptance``. The training random stream and the chains are left untouched. Under DDP
+    each rank measures its own chains and the values are averaged.
+
+    Args:
+        reference: the long independent run (default: parallel tempering, 200 sweeps of 10 replicas
+            from fair coins, β down to 0.1).
+        reference_samples: independent chains of that run.
+        mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
+        max_examples: validation images whose codes are scored.
+        lag_tolerance: chain lag (nats of log p̃) beyond which the log warns.
+        min_swap_acceptance: tempering swap rate under which the log warns.
+        seed, every_n_epochs, in_fast_dev_run: as for the other callbacks.
+    """
+
+    def __init__(
+        self,
+        reference: Sampler | None = None,
+        reference_samples: int = 100,
+        mixing_sweeps: int = 200,
+        max_examples: int = 1000,
+        lag_tolerance: float = 5.0,
+        min_swap_acceptance: float = 0.1,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        in_fast_dev_run: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, in_fast_dev_run)
+        if mixing_sweeps < 4:
+            raise ValueError(
+                f"mixing_sweeps must be >= 4 to estimate an autocorrelation, got {mixing_sweeps}"
+            )
+        # Block Gibbs from fair coins does not reach a trained RBM's modes even in 1,000 sweeps (README,
+        # Fashion-MNIST): tempering does, so it is the reference the chains are compared with.
+        self.reference = reference if reference is not None else ParallelTempering(steps=200, replicas=10)
+        self.reference_samples = reference_samples
+        self.mixing_sweeps, self.max_examples = mixing_sweeps, max_examples
+        self.lag_tolerance, self.min_swap_acceptance, self.seed = lag_tolerance, min_swap_acceptance, seed
+        self._codes: list[torch.Tensor] = []
+
+    def _applies(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return self._due(trainer) and isinstance(pl_module.prior, RBMPrior)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._codes = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._applies(trainer, pl_module) and sum(map(len, self._codes)) < self.max_examples:
+            visible = pl_module.encode(batch[0])[:, : pl_module.prior.n_visible]
+            self._codes.append(torch.where(visible > 0.5, 1.0, -1.0))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._applies(trainer, pl_module):
+            return
+        prior: RBMPrior = pl_module.prior
+        model = prior.spin_model()
+        with torch.no_grad(), fixed_noise(self.seed + trainer.global_rank, pl_module.device):
+            fresh = self.reference.to(model.weight.device).sample(model, self.reference_samples)
+            chains = prior.sampler.persistent_states()
+            start = chains if chains is not None else fresh
+            flips, trace = self._mixing(model, start.to(model.weight.dtype))
+        fresh_logp = model.neg_free_energy(fresh)
+        metrics = {"health/fresh_logp": fresh_logp.mean(), "health/flip_rate": flips}
+        metrics["health/energy_iat"] = torch.tensor(integrated_autocorrelation_time(trace.T))
+        if chains is not None:
+            chain_logp = model.neg_free_energy(chains)
+            lag = chain_logp.mean() - fresh_logp.mean()
+            metrics |= {"health/chain_logp": chain_logp.mean(), "health/chain_lag": lag}
+            stderr = (chain_logp.var() / len(chain_logp) + fresh_logp.var() / len(fresh_logp)).sqrt()
+            if lag < -max(self.lag_tolerance, 3 * float(stderr)):
+                log.warning(
+                    "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
+                    "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "
+                    "classes. Lower the prior's learning rate (--model.prior_lr, or --model.prior_optimizer "
+                    "torch.optim.SGD), or mix better: more chains or sweeps, or "
+                    "--model.prior.sampler priors.ParallelTempering.",
+                    -float(lag),
+                    float(stderr),
+                    trainer.global_step,
+                )
+        if self._codes:
+            data_logp = model.neg_free_energy(torch.cat(self._codes).to(model.weight.dtype)).mean()
+            metrics |= {"health/data_logp": data_logp, "health/data_gap": data_logp - fresh_logp.mean()}
+        if metrics["health/energy_iat"] * SLOW_MIXING > self.mixing_sweeps:
+            log.warning(
+                "RBM health: the chains' energy stays correlated over %.0f of %d sweeps: the sampler barely "
+                "mixes. Use more sweeps per step or --model.prior.sampler priors.ParallelTempering.",
+                float(metrics["health/energy_iat"]),
+                self.mixing_sweeps,
+            )
+        for name, value in prior.sampler.statistics().items():
+            metrics[f"health/{name}"] = value
+            if name.startswith("swap_acceptance") and value < self.min_swap_acceptance:
+                log.warning(
+                    "RBM health: tempering swaps %s are accepted %.1f%% of the time: add replicas, raise "
+                    "min_beta, or set adaptive: true.",
+                    name.removeprefix("swap_acceptance_"),
+                    100 * float(value),
+                )
+        pl_module.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True
+        )
+
+    def _mixing(self, model, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block Gibbs from a copy of ``start``: mean fraction of visible spins flipped per sweep and the
+        trace of −F, (sweeps, chains)."""
+        s_v, flipped, trace = start.clone(), [], []
+        for _ in range(self.mixing_sweeps):
+            new = gibbs(model, s_v, 1)
+            flipped.append((new != s_v).float().mean())
+            trace.append(model.neg_free_energy(new))
+            s_v = new
+        return torch.stack(flipped).mean(), torch.stack(trace)

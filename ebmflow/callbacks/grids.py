@@ -1,0 +1,56 @@
+"""Sample grids (and the paper's Fig. 3 grid) after validation, to W&B or PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from torchvision.utils import make_grid, save_image
+
+from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
+from priors import DiscretePrior
+
+__all__ = ["SampleGrids"]
+
+
+class SampleGrids(EveryNEpochs):
+    """A grid of samples and, for discrete priors, the paper's Fig. 3 grid (each column one discrete s)
+    after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``.
+    The noise is the same every epoch (fixed seed, the training random stream is left untouched), so
+    successive grids show the model changing, not the draw.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 64,
+        columns: int = 8,
+        temperature: float = 1.0,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        in_fast_dev_run: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, in_fast_dev_run)
+        self.num_samples, self.columns, self.temperature, self.seed = num_samples, columns, temperature, seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        to_wandb = isinstance(trainer.logger, WandbLogger)
+        # trainer.log_dir broadcasts under DDP: every rank asks, rank 0 alone draws and writes.
+        folder = None if to_wandb else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        if not trainer.is_global_zero:
+            return
+        with fixed_noise(self.seed, pl_module.device):
+            grids = {"samples": pl_module.sample(self.num_samples, self.temperature)}
+            if isinstance(pl_module.prior, DiscretePrior):
+                rows = max(self.num_samples // self.columns, 1)
+                columns = pl_module.sample_columns(self.columns, rows, self.temperature)
+                grids["discrete_columns"] = columns.flatten(0, 1)
+        for name, images in grids.items():
+            grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
+            if to_wandb:
+                trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                save_image(grid, folder / f"{name}_epoch={trainer.current_epoch:04d}.png")
