@@ -1,10 +1,10 @@
 """The ``ebmflow`` command's Lightning side (ebmflow/command.py dispatches to it): LightningCLI with
 ``fit``, ``validate``, ``test``, ``predict``, ``sample`` and ``encode``.
 
-    ebmflow fit --config conf/rbm.yaml
-    ebmflow test --config conf/rbm.yaml --ckpt_path runs/cifar10/rbm/checkpoints/last.ckpt
-    ebmflow sample --config conf/rbm.yaml --ckpt_path ... --num_samples 64 --out samples/
-    ebmflow encode --config conf/rbm.yaml --ckpt_path ... --out codes.npz
+    ebmflow fit --config conf/cifar10.yaml --config conf/cifar10/rbm.yaml
+    ebmflow test ... --ckpt_path runs/cifar10/rbm/checkpoints/last.ckpt
+    ebmflow sample ... --ckpt_path ... --num_samples 64 --out samples/
+    ebmflow encode ... --ckpt_path ... --out codes.npz
 """
 
 from __future__ import annotations

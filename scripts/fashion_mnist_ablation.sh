@@ -24,7 +24,8 @@ one() {
            --model.prior.init_args.sampler.init_args.steps 200
            --model.prior.init_args.sampler.init_args.chains 20)
   fi
-  local configs=(--config "conf/fashion_mnist/$prior.yaml" --config conf/fashion_mnist/cpu_small.yaml
+  local configs=(--config conf/fashion_mnist.yaml --config "conf/fashion_mnist/$prior.yaml"
+                 --config conf/fashion_mnist/cpu_small.yaml
                  --data.init_args.root "$root" --trainer.enable_progress_bar false
                  --trainer.default_root_dir "$out/$run"
                  "${extra[@]}")

@@ -87,7 +87,17 @@ def test_help_and_print_config_are_readable() -> None:
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout, args
     printed = subprocess.run(
-        [sys.executable, "-m", "ebmflow", "fit", "--config", "conf/rbm.yaml", "--print_config"],
+        [
+            sys.executable,
+            "-m",
+            "ebmflow",
+            "fit",
+            "--config",
+            "conf/cifar10.yaml",
+            "--config",
+            "conf/cifar10/rbm.yaml",
+            "--print_config",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
