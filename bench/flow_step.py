@@ -30,36 +30,49 @@ from PIL import Image
 
 import flows.logistic
 from bench.common import count_flops, describe_machine, interleaved, report
-from flows import FlowPlusPlus, UniformDequantizer, VariationalDequantizer
+from flows import (
+    FlowPlusPlus,
+    UniformDequantizer,
+    VariationalDequantizer,
+    to_channels_last,
+    use_channels_last,
+)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-def paper_step(bf16: bool):
+def paper_step(bf16: bool, channels_last: bool = False, device: str = "cpu"):
     torch.manual_seed(0)
-    flow = FlowPlusPlus((3, 32, 32), filters=96, components=32, blocks=10, dropout=0.2).train()
-    deq = VariationalDequantizer((3, 32, 32), filters=96, blocks=2).train()
-    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    flow = FlowPlusPlus((3, 32, 32), filters=96, components=32, blocks=10, dropout=0.2).train().to(device)
+    deq = VariationalDequantizer((3, 32, 32), filters=96, blocks=2).train().to(device)
+    use_channels_last(flow, channels_last)
+    use_channels_last(deq, channels_last)
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, device=device)
+    layout = to_channels_last if channels_last else (lambda x: x)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y, log_q = deq(images)
-            z, logdet = flow(y)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            y, log_q = deq(layout(images))
+            z, logdet = flow(layout(y))
             loss = (0.5 * z.square().flatten(1).sum(1) - logdet + log_q).mean()
         loss.backward()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return flow, step
 
 
-def conv_case(bf16: bool, backward: bool):
-    conv = torch.nn.Conv2d(192, 96, 3, padding=1)
-    x = torch.randn(20, 192, 32, 16, requires_grad=backward)
+def conv_case(bf16: bool, backward: bool, device: str = "cpu"):
+    conv = torch.nn.Conv2d(192, 96, 3, padding=1).to(device)
+    x = torch.randn(20, 192, 32, 16, requires_grad=backward, device=device)
 
     def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = conv(x)
         if backward:
             out.float().sum().backward()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return run
 
@@ -85,31 +98,45 @@ def port_cases(path: str):
     return step, sample
 
 
-def speed(args) -> dict:
-    flow, fp32_step = paper_step(bf16=False)
-    _, bf16_step = paper_step(bf16=True)
-    flow.eval()
+def sampler(flow: FlowPlusPlus, channels_last: bool, device: str):
+    layout = to_channels_last if channels_last else (lambda x: x)
 
     def sample() -> None:
         with torch.no_grad():
-            flow.inverse(torch.randn(20, *flow.out_shape))
+            flow.inverse(layout(torch.randn(20, *flow.out_shape, device=device)))
+        if device != "cpu":
+            torch.cuda.synchronize()
 
+    return sample
+
+
+def speed(args) -> dict:
+    device = args.device
+    flow, fp32_step = paper_step(bf16=False, device=device)
+    _, bf16_step = paper_step(bf16=True, device=device)
+    flow_nhwc, fp32_nhwc_step = paper_step(bf16=False, channels_last=True, device=device)
+    _, bf16_nhwc_step = paper_step(bf16=True, channels_last=True, device=device)
+    flow.eval()
+    flow_nhwc.eval()
     cases = {
         "ours fp32 step": fp32_step,
         "ours bf16-mixed step": bf16_step,
-        "ours sample 20": sample,
-        "conv fp32 fwd+bwd": conv_case(False, True),
-        "conv fp32 fwd": conv_case(False, False),
-        "conv bf16 fwd+bwd": conv_case(True, True),
-        "conv bf16 fwd": conv_case(True, False),
+        "ours fp32 step channels_last": fp32_nhwc_step,
+        "ours bf16-mixed step channels_last": bf16_nhwc_step,
+        "ours sample 20": sampler(flow, False, device),
+        "ours sample 20 channels_last": sampler(flow_nhwc, True, device),
+        "conv fp32 fwd+bwd": conv_case(False, True, device),
+        "conv fp32 fwd": conv_case(False, False, device),
+        "conv bf16 fwd+bwd": conv_case(True, True, device),
+        "conv bf16 fwd": conv_case(True, False, device),
     }
     if args.port:
         cases["port fp32 step"], cases["port sample 20"] = port_cases(args.port)
     flow.train()
     flops = {
         "ours step": count_flops(fp32_step),
-        "conv fwd+bwd": count_flops(conv_case(False, True)),
-        "conv fwd": count_flops(conv_case(False, False)),
+        "conv fwd+bwd": count_flops(conv_case(False, True, device)),
+        "conv fwd": count_flops(conv_case(False, False, device)),
     }
     if args.port:
         flops["port step"] = count_flops(cases["port fp32 step"])
@@ -123,11 +150,18 @@ def speed(args) -> dict:
         "conv bf16 fwd+bwd": flops["conv fwd+bwd"] / seconds["conv bf16 fwd+bwd"] / 1e9,
         "conv bf16 fwd": flops["conv fwd"] / seconds["conv bf16 fwd"] / 1e9,
     }
+    fp32 = seconds["ours fp32 step"]
     ratios = {
         "ours fp32 GFLOP/s / conv fp32 fwd+bwd GFLOP/s": gflops["ours fp32 step"]
         / gflops["conv fp32 fwd+bwd"],
-        "bf16-mixed speed-up over fp32 step": seconds["ours fp32 step"] / seconds["ours bf16-mixed step"],
-        "sample 20 / fp32 step": seconds["ours sample 20"] / seconds["ours fp32 step"],
+        "bf16-mixed speed-up over fp32 step": fp32 / seconds["ours bf16-mixed step"],
+        "channels_last speed-up, fp32": fp32 / seconds["ours fp32 step channels_last"],
+        "channels_last speed-up, bf16-mixed": seconds["ours bf16-mixed step"]
+        / seconds["ours bf16-mixed step channels_last"],
+        "bf16-mixed + channels_last speed-up over fp32 NCHW step": fp32
+        / seconds["ours bf16-mixed step channels_last"],
+        "sample 20 / fp32 step": seconds["ours sample 20"] / fp32,
+        "sample 20 channels_last / fp32 step": seconds["ours sample 20 channels_last"] / fp32,
     }
     if args.port:
         gflops["port fp32 step"] = flops["port step"] / seconds["port fp32 step"] / 1e9
@@ -262,6 +296,7 @@ def main() -> None:
         "--port", help="path of a checkout of the public PyTorch Flow++ port, to measure beside ours"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=1000)

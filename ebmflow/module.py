@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ebmflow.loggers import CSVLogger
 from ebmflow.optim import CombinedOptimizer
-from flows import Dequantizer, FlowPlusPlus, UniformDequantizer
+from flows import Dequantizer, FlowPlusPlus, UniformDequantizer, to_channels_last, use_channels_last
 from priors import DiscretePrior, Prior
 
 __all__ = ["EBMFlow", "NonFiniteLossError"]
@@ -59,6 +59,8 @@ class EBMFlow(L.LightningModule):
         importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
         nonfinite: "stop" ends training at a non-finite loss or gradient, naming the step and the term;
             "skip" skips that batch (no update) and counts it (``train/skipped_batches``).
+        channels_last: run the flow and the dequantizer in channels-last (NHWC) memory layout end to
+            end (flows.use_channels_last); the numbers are the same, the speed is not (bench/README.md).
         max_skipped: with "skip", training stops (as with "stop") once more than this many batches
             have been skipped in the run. A non-finite validation bits/dim always stops training,
             before any checkpoint of that validation is written.
@@ -76,6 +78,7 @@ class EBMFlow(L.LightningModule):
         importance_samples: int = 16,
         nonfinite: Literal["stop", "skip"] = "stop",
         max_skipped: int = 10,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         dims = math.prod(flow.in_shape)
@@ -99,6 +102,9 @@ class EBMFlow(L.LightningModule):
         self.prior = prior
         self.prior.check_finite = False  # the module checks its objective itself (``nonfinite``)
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
+        self.channels_last = channels_last
+        use_channels_last(self.flow, channels_last)
+        use_channels_last(self.dequantizer, channels_last)
         self.uniform = UniformDequantizer()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -161,14 +167,17 @@ class EBMFlow(L.LightningModule):
     # -------------------------------------------------------------------------------------- densities
     def _latent(self, images: Tensor, dequantizer: Dequantizer) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 images -> (z: (batch, N), log|det ∂z/∂y|: (batch,), log q(u|x): (batch,))."""
-        y, log_q = dequantizer(images)
-        z, logdet = self.flow(y)
+        y, log_q = dequantizer(self._layout(images))
+        z, logdet = self.flow(self._layout(y))
         return z.flatten(1), logdet, log_q
 
     def log_likelihood(self, images: Tensor, dequantizer: Dequantizer) -> Tensor:
         """Lower bound on log P(x) in nats, (batch,): log p_Z(f(y)) + log|det| − log q(u|x) − D log 256."""
         z, logdet, log_q = self._latent(images, dequantizer)
         return self.prior.log_prob(z) + logdet - log_q - self.dims * math.log(256)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return to_channels_last(x) if self.channels_last else x
 
     def bits_per_dim(self, log_p: Tensor) -> Tensor:
         """log-likelihood in nats -> bits per dimension (docs/maths.md §1)."""
@@ -303,7 +312,7 @@ class EBMFlow(L.LightningModule):
     # ------------------------------------------------------------------------- sampling and codes
     def decode(self, z: Tensor) -> Tensor:
         """z: (n, N) -> uint8 images (n, C, H, W)."""
-        y = self.flow.inverse(z.reshape(-1, *self.flow.out_shape))
+        y = self.flow.inverse(self._layout(z.reshape(-1, *self.flow.out_shape)))
         return (y * 256).floor().clamp(0, 255).to(torch.uint8)
 
     @torch.no_grad()
@@ -328,7 +337,7 @@ class EBMFlow(L.LightningModule):
         """uint8 images -> p(s_i = +1 | z) (n, N), exact; z from the centre of each pixel's bin."""
         if not isinstance(self.prior, DiscretePrior):
             raise TypeError(f"{type(self.prior).__name__} has no discrete latent to encode into")
-        z, _ = self.flow((images.to(torch.float32) + 0.5) / 256)
+        z, _ = self.flow(self._layout((images.to(torch.float32) + 0.5) / 256))
         return self.prior.posterior(z.flatten(1))
 
     # ---------------------------------------------------------------------------------- checkpoints

@@ -7,6 +7,7 @@ from flows.coupling import Coupling
 from flows.dequantization import Dequantizer, UniformDequantizer, VariationalDequantizer
 from flows.flowpp import FlowPlusPlus, count_parameters
 from flows.invconv import InvertibleConv1x1
+from flows.layout import to_channels_last, use_channels_last
 from flows.logistic import MixLogCDF
 from flows.logit import Logit
 from flows.squeeze import Squeeze
@@ -26,4 +27,6 @@ __all__ = [
     "UniformDequantizer",
     "VariationalDequantizer",
     "count_parameters",
+    "to_channels_last",
+    "use_channels_last",
 ]

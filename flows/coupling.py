@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from flows.base import Bijection
+from flows.layout import to_channels_last
 from flows.nets import ConditionerNet
 from flows.transform import ElementwiseTransform
 
@@ -26,7 +27,12 @@ class Coupling(Bijection):
     ``parity`` 0 lets the first half condition the second, 1 the reverse.
     ``context`` (batch, context_channels, H, W), when given, is split like the input and its matching
     half concatenated to the conditioner input.
+
+    ``channels_last`` (set by ``flows.use_channels_last``): the halves are gathered and joined in
+    (batch, H, W, C) order, so a channels-last input stays channels-last end to end.
     """
+
+    channels_last = False
 
     def __init__(
         self,
@@ -72,7 +78,14 @@ class Coupling(Bijection):
         )
 
     def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.split == "checkerboard":
+        if self.split == "checkerboard" and self.channels_last:
+            # in (b, h, w, c) order, where x's memory already is: the halves come out NHWC too
+            b, c, h, w = x.shape
+            pairs = x.permute(0, 2, 3, 1).reshape(b, h, w // 2, 2, c)
+            even = self.even_rows[:, :, None]  # (h, 1, 1) against (b, h, w/2, c)
+            first = torch.where(even, pairs[..., 0, :], pairs[..., 1, :]).permute(0, 3, 1, 2)
+            second = torch.where(even, pairs[..., 1, :], pairs[..., 0, :]).permute(0, 3, 1, 2)
+        elif self.split == "checkerboard":
             b, c, h, w = x.shape
             pairs = x.reshape(b, c, h, w // 2, 2)
             first = torch.where(self.even_rows, pairs[..., 0], pairs[..., 1])
@@ -80,22 +93,40 @@ class Coupling(Bijection):
         else:
             cut = x.shape[1] // 2
             first, second = x[:, :cut], x[:, cut:]
+            if self.channels_last:  # a channel slice of NHWC is strided: give the conditioner NHWC
+                first = first.contiguous(memory_format=torch.channels_last)
+                second = second.contiguous(memory_format=torch.channels_last)
         return (first, second) if self.parity == 0 else (second, first)
 
     def _join(self, cond: Tensor, out: Tensor) -> Tensor:
         first, second = (cond, out) if self.parity == 0 else (out, cond)
+        if self.split == "checkerboard" and self.channels_last:
+            b, c, h, half = first.shape
+            first, second = first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)  # (b, h, w/2, c)
+            even = self.even_rows[:, :, None]
+            left, right = torch.where(even, first, second), torch.where(even, second, first)
+            return torch.stack([left, right], dim=3).reshape(b, h, 2 * half, c).permute(0, 3, 1, 2)
         if self.split == "checkerboard":
             b, c, h, half = first.shape
             left = torch.where(self.even_rows, first, second)
             right = torch.where(self.even_rows, second, first)
             return torch.stack([left, right], dim=-1).reshape(b, c, h, 2 * half)
+        if self.channels_last:  # cat in (b, h, w, c) order: the result is NHWC whatever the inputs' layouts
+            nhwc = torch.cat([first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)], dim=3)
+            return nhwc.permute(0, 3, 1, 2)
         return torch.cat([first, second], dim=1)
 
     def _params(self, cond: Tensor, context: Tensor | None) -> Tensor:
         if context is not None:
             cond = torch.cat([cond, self._halves(context.to(cond.dtype))[0]], dim=1)
-        params = self.net(cond)
+        params = self.net(to_channels_last(cond) if self.channels_last else cond)
         b, _, h, w = params.shape
+        if self.channels_last:  # a view, no copy: (b, h, w, C·P) -> (b, C, P, h, w)
+            return (
+                params.permute(0, 2, 3, 1)
+                .reshape(b, h, w, -1, self.transform.params_per_element)
+                .permute(0, 3, 4, 1, 2)
+            )
         return params.reshape(b, -1, self.transform.params_per_element, h, w)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from flows.affine import Affine
 from flows.base import Compose
 from flows.coupling import Coupling
+from flows.layout import to_channels_last
 from flows.logit import log_sigmoid_derivative
 from flows.nets import ConditionerNet
 
@@ -26,7 +27,12 @@ def _check_images(x: Tensor) -> None:
 
 
 class Dequantizer(nn.Module, abc.ABC):
-    """uint8 images (batch, C, H, W) -> (y in (0, 1) of the same shape, log q(u | x): (batch,))."""
+    """uint8 images (batch, C, H, W) -> (y in (0, 1) of the same shape, log q(u | x): (batch,)).
+
+    Noise is drawn in (C, H, W) order whatever the layout; with ``channels_last`` (set by
+    ``flows.use_channels_last``) the output is channels-last, so the same draws give the same y."""
+
+    channels_last = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_images(x)
@@ -35,12 +41,16 @@ class Dequantizer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
 
+    def _layout(self, x: Tensor) -> Tensor:
+        return to_channels_last(x) if self.channels_last else x
+
 
 class UniformDequantizer(Dequantizer):
     """u ~ U[0, 1), log q = 0."""
 
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (x + torch.rand_like(x)) / 256, x.new_zeros(x.shape[0])
+        y = (x + torch.rand_like(x, memory_format=torch.contiguous_format)) / 256  # same draws in any layout
+        return self._layout(y), x.new_zeros(x.shape[0])
 
 
 class VariationalDequantizer(Dequantizer):
@@ -79,7 +89,9 @@ class VariationalDequantizer(Dequantizer):
 
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         context = self.context(x / 127.5 - 1)
-        eps = torch.randn_like(x)
+        eps = self._layout(
+            torch.randn_like(x, memory_format=torch.contiguous_format)
+        )  # same draws in any layout
         v, logdet = self.noise_flow(eps, context)
         u = torch.sigmoid(v)
         log_normal = -0.5 * (eps.square() + math.log(2 * math.pi)).flatten(1).sum(1)

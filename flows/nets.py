@@ -33,7 +33,9 @@ class _ConcatELU(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         e = torch.exp(-x.abs()).sub_(1)
-        out = x.new_empty(b, 2 * c, h, w)
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        layout = torch.channels_last if nhwc else torch.contiguous_format  # keep the input's layout
+        out = torch.empty((b, 2 * c, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
         torch.maximum(x, e, out=out[:, :c])
         torch.maximum(x.neg(), e, out=out[:, c:])
         ctx.save_for_backward(out)
