@@ -77,11 +77,15 @@ class RunLock:
             RunLock._held.pop(self.folder, None)
 
 
+PARTIAL_FILE_FOLDERS = (".", "checkpoints", "samples")  # where ebmflow writes inside a run directory
+
+
 def remove_partial_files(folder: Path) -> None:
-    """Delete temporary files that a killed process left in ``folder`` and its subfolders (only the
-    lock's holder calls this, so no other process is writing them)."""
-    for path in folder.rglob(f".*{TEMP_MARK}*"):
-        path.unlink(missing_ok=True)
+    """Delete temporary files that a killed process left where ebmflow writes in the run directory
+    (only the lock's holder calls this, so no other process is writing them)."""
+    for sub in PARTIAL_FILE_FOLDERS:
+        for path in (folder / sub).glob(f".*{TEMP_MARK}*"):
+            path.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
