@@ -48,12 +48,11 @@ def paper_step(bf16: bool, channels_last: bool = False, device: str = "cpu"):
     use_channels_last(flow, channels_last)
     use_channels_last(deq, channels_last)
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, device=device)
-    layout = to_channels_last if channels_last else (lambda x: x)
 
     def step() -> None:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            y, log_q = deq(layout(images))
-            z, logdet = flow(layout(y))
+            y, log_q = deq(to_channels_last(images, channels_last))
+            z, logdet = flow(to_channels_last(y, channels_last))
             loss = (0.5 * z.square().flatten(1).sum(1) - logdet + log_q).mean()
         loss.backward()
         if device != "cpu":
@@ -99,11 +98,10 @@ def port_cases(path: str):
 
 
 def sampler(flow: FlowPlusPlus, channels_last: bool, device: str):
-    layout = to_channels_last if channels_last else (lambda x: x)
 
     def sample() -> None:
         with torch.no_grad():
-            flow.inverse(layout(torch.randn(20, *flow.out_shape, device=device)))
+            flow.inverse(to_channels_last(torch.randn(20, *flow.out_shape, device=device), channels_last))
         if device != "cpu":
             torch.cuda.synchronize()
 

@@ -119,7 +119,7 @@ class Coupling(Bijection):
     def _params(self, cond: Tensor, context: Tensor | None) -> Tensor:
         if context is not None:
             cond = torch.cat([cond, self._halves(context.to(cond.dtype))[0]], dim=1)
-        params = self.net(to_channels_last(cond) if self.channels_last else cond)
+        params = self.net(to_channels_last(cond, self.channels_last))
         b, _, h, w = params.shape
         if self.channels_last:  # a view, no copy: (b, h, w, C·P) -> (b, C, P, h, w)
             return (

@@ -41,16 +41,13 @@ class Dequantizer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def _layout(self, x: Tensor) -> Tensor:
-        return to_channels_last(x) if self.channels_last else x
-
 
 class UniformDequantizer(Dequantizer):
     """u ~ U[0, 1), log q = 0."""
 
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = (x + torch.rand_like(x, memory_format=torch.contiguous_format)) / 256  # same draws in any layout
-        return self._layout(y), x.new_zeros(x.shape[0])
+        return to_channels_last(y, self.channels_last), x.new_zeros(x.shape[0])
 
 
 class VariationalDequantizer(Dequantizer):
@@ -89,9 +86,8 @@ class VariationalDequantizer(Dequantizer):
 
     def _dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         context = self.context(x / 127.5 - 1)
-        eps = self._layout(
-            torch.randn_like(x, memory_format=torch.contiguous_format)
-        )  # same draws in any layout
+        noise = torch.randn_like(x, memory_format=torch.contiguous_format)  # same draws in any layout
+        eps = to_channels_last(noise, self.channels_last)
         v, logdet = self.noise_flow(eps, context)
         u = torch.sigmoid(v)
         log_normal = -0.5 * (eps.square() + math.log(2 * math.pi)).flatten(1).sum(1)

@@ -20,11 +20,13 @@ def use_channels_last(module: nn.Module, on: bool = True) -> nn.Module:
     return module.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
 
-def to_channels_last(x: Tensor) -> Tensor:
-    """x in channels-last layout with NHWC strides. ``x.contiguous(memory_format=torch.channels_last)``
-    keeps a one-channel NCHW tensor as it is (it counts as both), and convolutions then choose NCHW."""
-    if x.is_contiguous(memory_format=torch.channels_last) and (
-        (x.shape[1] > 1 and not x.is_contiguous()) or x.stride(1) == 1
+def to_channels_last(x: Tensor, on: bool = True) -> Tensor:
+    """x in channels-last layout with NHWC strides (``on`` False: x as it is).
+    ``x.contiguous(memory_format=torch.channels_last)`` keeps a one-channel NCHW tensor as it is (it
+    counts as both), and convolutions then choose NCHW."""
+    if not on or (
+        x.is_contiguous(memory_format=torch.channels_last)
+        and ((x.shape[1] > 1 and not x.is_contiguous()) or x.stride(1) == 1)
     ):
         return x
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)

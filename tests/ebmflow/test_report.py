@@ -2,6 +2,8 @@
 the same logs in a W&B group."""
 
 import csv
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,3 +152,13 @@ def test_report_says_what_a_wandb_group_is(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(loggers, "wandb_api_key_configured", lambda: False)
     with pytest.raises(RuntimeError, match="pass the run directories"):
         report.read_wandb_group("me/ebmflow/ablation")
+
+
+def test_report_starts_without_lightning() -> None:
+    """`ebmflow report` only reads files: its command path must not import Lightning (or torch)."""
+    code = (
+        "import sys; import ebmflow.command, ebmflow.report; "
+        "print(sorted({'lightning', 'torch'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

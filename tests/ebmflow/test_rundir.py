@@ -42,6 +42,16 @@ def logged_config(tmp_path: Path) -> Path:
     return path
 
 
+def child_paused_at(code: str, argument: Path, ready: str) -> subprocess.Popen:
+    """A Python process running ``code`` (with ``argument`` as sys.argv[1]), once it has printed
+    ``ready``: it then sleeps until killed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(argument)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == ready
+    return child
+
+
 def hold_lock_in_child(folder: Path) -> subprocess.Popen:
     code = (
         "import sys, time\n"
@@ -50,11 +60,7 @@ def hold_lock_in_child(folder: Path) -> subprocess.Popen:
         "print('locked', flush=True)\n"
         "time.sleep(600)\n"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout.readline().strip() == "locked"
-    return child
+    return child_paused_at(code, folder, "locked")
 
 
 def test_a_run_directory_has_one_owner_and_a_killed_owner_frees_it(tmp_path: Path, capsys) -> None:
@@ -88,10 +94,7 @@ def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path: Path) -> 
         "    print('writing', flush=True); time.sleep(600)\n"
         "atomic_write(sys.argv[1], write)\n"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout.readline().strip() == "writing"
+    child = child_paused_at(code, target, "writing")
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert torch.load(target, weights_only=True) == {"step": 1}

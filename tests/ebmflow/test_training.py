@@ -76,21 +76,31 @@ def test_training_steps_on_every_device(tmp_path: Path, device: torch.device) ->
         assert not torch.equal(after["prior.sampler.chains"].cpu(), before["prior.sampler.chains"])
 
 
-class ExplodingPrior(GaussianPrior):
-    """N(0, I) whose loss turns NaN from the third training call on."""
+class FaultyPrior(GaussianPrior):
+    """N(0, I) whose training loss goes wrong at the training calls ``calls`` (counted from 1):
+    "loss" makes the loss NaN; "gradient" keeps the loss finite and makes its gradient NaN."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, fault: str, calls: range) -> None:
         super().__init__(dim)
-        self.calls = 0
+        self.fault, self.faulty_calls, self.calls = fault, calls, 0
 
     def _loss(self, z):
         self.calls += 1
         loss = super()._loss(z)
-        return loss * float("nan") if self.calls >= 3 else loss
+        if self.calls not in self.faulty_calls:
+            return loss
+        if self.fault == "loss":
+            return loss * float("nan")
+        return loss + torch.sqrt((z * 0).sum())  # sqrt at 0: adds 0, its gradient is inf · 0 = NaN
+
+
+def exploding(dim: int = 64) -> FaultyPrior:
+    """A NaN loss from the third training call on."""
+    return FaultyPrior(dim, "loss", range(3, 10**6))
 
 
 def test_nonfinite_loss_stops_before_the_update(tmp_path: Path) -> None:
-    model = tiny_model(ExplodingPrior(64))
+    model = tiny_model(exploding())
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=1
     )
@@ -104,31 +114,17 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_can_skip_batches(tmp_path: Path) -> None:
-    model = tiny_model(ExplodingPrior(64), nonfinite="skip")
+    model = tiny_model(exploding(), nonfinite="skip")
     trainer(tmp_path, max_epochs=1, limit_train_batches=6).fit(model, DigitsDataModule(batch_size=64))
     assert model.skipped_batches == 4  # calls 3..6 of the one epoch of 6 batches
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_skipping_stops_past_its_limit(tmp_path: Path) -> None:
-    model = tiny_model(ExplodingPrior(64), nonfinite="skip", max_skipped=3)
+    model = tiny_model(exploding(), nonfinite="skip", max_skipped=3)
     with pytest.raises(NonFiniteLossError, match=r"global step 5, .*3 batches skipped already"):
         trainer(tmp_path, max_epochs=1, limit_train_batches=10).fit(model, DigitsDataModule(batch_size=64))
     assert model.skipped_batches == 3  # calls 3, 4, 5 skipped; the 6th would be the 4th
-
-
-class ExplodingGradient(GaussianPrior):
-    """N(0, I) whose loss is finite but whose gradient is NaN on the second training call."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.calls = 0
-
-    def _loss(self, z):
-        self.calls += 1
-        loss = super()._loss(z)
-        # sqrt at 0: the value adds 0, the gradient is inf · 0 = NaN
-        return loss + torch.sqrt((z * 0).sum()) if self.calls == 2 else loss
 
 
 class NaNWhenEvaluated(GaussianPrior):
@@ -142,7 +138,7 @@ class NaNWhenEvaluated(GaussianPrior):
 @pytest.mark.parametrize("nonfinite", ["stop", "skip"])
 def test_nonfinite_gradients_never_reach_the_parameters(tmp_path: Path, nonfinite: str) -> None:
     L.seed_everything(0)
-    model = tiny_model(ExplodingGradient(64), nonfinite=nonfinite)
+    model = tiny_model(FaultyPrior(64, "gradient", range(2, 3)), nonfinite=nonfinite)
     run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
     if nonfinite == "stop":
         with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at global step 1, .*flow"):
