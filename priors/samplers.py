@@ -172,6 +172,9 @@ class ParallelTempering(Sampler):
             average and narrow the others (in log β), keeping β_1 = 1 and β_R = min_beta.
         adapt_rate: the step size of that adaptation.
         precision: the matrix products' precision, as for ``BlockGibbs``.
+        sample_steps: the sweeps of ``sample`` (default: ``steps``). The ladder adapts only in training,
+            so generation on the adapted ladder goes through the training sampler: give it the sweeps
+            it needs from fair coins here rather than a second, unadapted, ``ParallelTempering``.
     """
 
     def __init__(
@@ -184,11 +187,13 @@ class ParallelTempering(Sampler):
         adaptive: bool = False,
         adapt_rate: float = 0.1,
         precision: Precision = "float32",
+        sample_steps: int | None = None,
     ) -> None:
         super().__init__()
-        if steps < 1 or chains < 1 or replicas < 2:
+        if steps < 1 or chains < 1 or replicas < 2 or (sample_steps is not None and sample_steps < 1):
             raise ValueError(
-                f"steps and chains must be >= 1 and replicas >= 2, got {steps}, {chains}, {replicas}"
+                "steps, chains and sample_steps must be >= 1 and replicas >= 2, got "
+                f"steps={steps}, chains={chains}, sample_steps={sample_steps}, replicas={replicas}"
             )
         if spacing not in ("geometric", "linear"):
             raise ValueError(f'spacing must be "geometric" or "linear", got {spacing!r}')
@@ -197,6 +202,7 @@ class ParallelTempering(Sampler):
         if adaptive and min_beta == 0:
             raise ValueError("adaptive spacing works in log β: give min_beta > 0")
         self.steps, self.num_chains, self.adaptive, self.adapt_rate = steps, chains, adaptive, adapt_rate
+        self.sample_steps = steps if sample_steps is None else sample_steps
         self.dtype = _precision(precision)
         if spacing == "geometric":
             betas = torch.logspace(0, math.log10(min_beta), replicas, dtype=torch.float64)
@@ -216,7 +222,7 @@ class ParallelTempering(Sampler):
 
     def negative_phase(self, model: RBM) -> Tensor:
         accepted, offered = torch.zeros_like(self.swaps_accepted), torch.zeros_like(self.swaps_offered)
-        states = self._run(model, self.states, int(self.sweeps_done), accepted, offered)
+        states = self._run(model, self.states, self.steps, int(self.sweeps_done), accepted, offered)
         self.states.copy_(states)
         self.sweeps_done += self.steps
         self.swaps_accepted += accepted
@@ -227,7 +233,8 @@ class ParallelTempering(Sampler):
 
     def sample(self, model: RBM, n: int) -> Tensor:
         scratch = torch.zeros_like(self.swaps_accepted)
-        return self._run(model, model.random_visible(len(self.betas), n), 0, scratch, scratch.clone())[0]
+        start = model.random_visible(len(self.betas), n)
+        return self._run(model, start, self.sample_steps, 0, scratch, scratch.clone())[0]
 
     def persistent_states(self) -> Tensor:
         return self.states[0]
@@ -241,11 +248,13 @@ class ParallelTempering(Sampler):
         self.swaps_offered.zero_()
         return stats
 
-    def _run(self, model: RBM, states: Tensor, first_sweep: int, accepted: Tensor, offered: Tensor) -> Tensor:
-        """``steps`` PT sweeps of states: (R, C, n_v); counts swaps per pair into accepted/offered."""
+    def _run(
+        self, model: RBM, states: Tensor, sweeps: int, first_sweep: int, accepted: Tensor, offered: Tensor
+    ) -> Tensor:
+        """``sweeps`` PT sweeps of states: (R, C, n_v); counts swaps per pair into accepted/offered."""
         betas = self.betas.to(model.weight.dtype)
         field = _hidden_field(model, states, self.dtype)
-        for sweep in range(first_sweep, first_sweep + self.steps):
+        for sweep in range(first_sweep, first_sweep + sweeps):
             states = _sweep(model, field, betas, self.dtype)
             field = _hidden_field(model, states, self.dtype)
             states, field = self._swap(model, states, field, betas, sweep % 2, accepted, offered)

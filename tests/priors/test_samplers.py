@@ -157,6 +157,24 @@ def test_adaptive_ladder_keeps_its_ends_and_evens_out_acceptance() -> None:
     assert _spread(after) < 0.5 * spread_before, (before, after)
 
 
+def test_tempering_samples_with_its_own_sweeps_on_the_adapted_ladder() -> None:
+    torch.manual_seed(0)
+    model, _ = bimodal_rbm()
+    trained = ParallelTempering(steps=2, chains=50, replicas=5, min_beta=0.05, adaptive=True, sample_steps=9)
+    trained.bind(12, 4)
+    for _ in range(10):
+        trained.negative_phase(model)  # the ladder moves away from its geometric start
+    reference = ParallelTempering(steps=9, chains=50, replicas=5, min_beta=0.05)
+    assert not torch.equal(reference.betas, trained.betas)
+    reference.betas.copy_(trained.betas)
+    torch.manual_seed(1)
+    drawn = trained.sample(model, 30)
+    torch.manual_seed(1)
+    assert torch.equal(drawn, reference.sample(model, 30))  # 9 sweeps on the same ladder, not 2
+    torch.manual_seed(1)
+    assert not torch.equal(drawn, ParallelTempering(steps=2, chains=50, replicas=5).sample(model, 30))
+
+
 def _spread(statistics: dict[str, torch.Tensor]) -> float:
     rates = torch.stack([v for k, v in statistics.items() if k.startswith("swap_acceptance")])
     return (rates.max() - rates.min()).item()
@@ -188,5 +206,7 @@ def test_bad_sampler_arguments_fail_clearly() -> None:
         ParallelTempering(min_beta=0.0)  # geometric spacing cannot reach 0
     with pytest.raises(ValueError, match="replicas"):
         ParallelTempering(replicas=1)
+    with pytest.raises(ValueError, match="sample_steps=0"):
+        ParallelTempering(sample_steps=0)
     with pytest.raises(TypeError, match="Sampler"):
         RBMPrior(8, sampler=torch.nn.Linear(2, 2))
