@@ -7,9 +7,10 @@
    torch.utils.flop_counter, GFLOP/s in fp32 and bf16-mixed, beside a plain 3x3 convolution of the
    conditioner's size and, with ``--port``, the public PyTorch port (github.com/chrischute/flowplusplus,
    a local checkout; its code is not part of this project) measured in the same run.
-2. Sampling 20 images against one fp32 training step.
-3. A short training run of a small flow on real CIFAR-10 (../shared/data) in fp32 and in bf16-mixed from
-   the same initialisation and batches: test bits/dim of both.
+2. Sampling 20 images against one fp32 training step, in fp32 and bf16-mixed, each NCHW and channels_last.
+3. A short training run of a small flow on real CIFAR-10 (../shared/data) in fp32 and in the fast path
+   (bf16-mixed + channels_last) from the same initialisation and batches, two noise seeds each: test
+   bits/dim of all four; then the fp32-trained flow's samples decoded in both paths from the same latents.
 4. The MixLogCDF inverse on the values the trained model's couplings see while sampling: mixture-CDF
    evaluations of safeguarded Newton against bisection at equal accuracy.
 """
@@ -97,15 +98,20 @@ def port_cases(path: str):
     return step, sample
 
 
-def sampler(flow: FlowPlusPlus, channels_last: bool, device: str):
+def sampler(flow: FlowPlusPlus, channels_last: bool, device: str, bf16: bool = False):
 
     def sample() -> None:
-        with torch.no_grad():
-            flow.inverse(to_channels_last(torch.randn(20, *flow.out_shape, device=device), channels_last))
+        decode(flow, torch.randn(20, *flow.out_shape, device=device), channels_last, bf16)
         if device != "cpu":
             torch.cuda.synchronize()
 
     return sample
+
+
+def decode(flow: FlowPlusPlus, z: torch.Tensor, channels_last: bool, bf16: bool) -> torch.Tensor:
+    """Images in [0, 1] from latents z, the conditioners in bf16 under autocast when ``bf16``."""
+    with torch.no_grad(), torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return flow.inverse(to_channels_last(z, channels_last))
 
 
 def speed(args) -> dict:
@@ -123,6 +129,8 @@ def speed(args) -> dict:
         "ours bf16-mixed step channels_last": bf16_nhwc_step,
         "ours sample 20": sampler(flow, False, device),
         "ours sample 20 channels_last": sampler(flow_nhwc, True, device),
+        "ours sample 20 bf16-mixed": sampler(flow, False, device, bf16=True),
+        "ours sample 20 bf16-mixed channels_last": sampler(flow_nhwc, True, device, bf16=True),
         "conv fp32 fwd+bwd": conv_case(False, True, device),
         "conv fp32 fwd": conv_case(False, False, device),
         "conv bf16 fwd+bwd": conv_case(True, True, device),
@@ -160,6 +168,9 @@ def speed(args) -> dict:
         / seconds["ours bf16-mixed step channels_last"],
         "sample 20 / fp32 step": seconds["ours sample 20"] / fp32,
         "sample 20 channels_last / fp32 step": seconds["ours sample 20 channels_last"] / fp32,
+        "sample 20 bf16-mixed / fp32 step": seconds["ours sample 20 bf16-mixed"] / fp32,
+        "sample 20 bf16-mixed channels_last / fp32 step": seconds["ours sample 20 bf16-mixed channels_last"]
+        / fp32,
     }
     if args.port:
         gflops["port fp32 step"] = flops["port step"] / seconds["port fp32 step"] / 1e9
@@ -196,53 +207,79 @@ def cifar_subset(n_train: int, n_test: int, seed: int = 0) -> tuple[torch.Tensor
     )
 
 
-def bits_per_dim(flow: FlowPlusPlus, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+def bits_per_dim(
+    flow: FlowPlusPlus, images: torch.Tensor, bf16: bool, channels_last: bool = False
+) -> torch.Tensor:
     """Uniform-dequantization bound with a N(0, I) prior, (batch,)."""
     dims = images[0].numel()
-    y, _ = UniformDequantizer()(images)
+    y, _ = UniformDequantizer()(to_channels_last(images, channels_last))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        z, logdet = flow(y)
+        z, logdet = flow(to_channels_last(y, channels_last))
     log_p = -0.5 * (z.square().flatten(1).sum(1) + dims * math.log(2 * math.pi)) + logdet
     return (-log_p + dims * math.log(256)) / (dims * math.log(2))
 
 
 def short_training(args) -> tuple[dict, FlowPlusPlus]:
+    """The same small flow trained from one initialisation on the same batches, in fp32 and in the fast
+    path (bf16-mixed + channels_last), each with two dequantization-noise seeds: the spread between the
+    two seeds of one precision is the yardstick for the difference between the precisions."""
     train, test = cifar_subset(args.train_images, args.test_images)
     torch.manual_seed(0)
     init = FlowPlusPlus((3, 32, 32), filters=32, components=8, blocks=2, dropout=0.0)
     init.train()
     init(UniformDequantizer()(train[:256])[0])  # ActNorm's data-dependent initialisation
     results, models = {}, {}
-    # The control repeats the fp32 run with other dequantization noise: the spread between two fp32
-    # runs is the yardstick for the bf16 difference.
-    runs = (("fp32", False, 2), ("bf16-mixed", True, 2), ("fp32 control (other noise seed)", False, 5))
-    for name, bf16, noise_seed in runs:
-        flow = copy.deepcopy(init).train()
+    runs = [
+        (f"{path} seed {seed}", path == "fast path", seed)
+        for path in ("fp32", "fast path")
+        for seed in (2, 5)
+    ]
+    for name, fast, noise_seed in runs:
+        flow = use_channels_last(copy.deepcopy(init), fast).train()
         optimiser = torch.optim.Adam(flow.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(1)
         torch.manual_seed(noise_seed)
         for _ in range(args.train_steps):
             batch = train[torch.randint(0, len(train), (20,), generator=generator)]
             optimiser.zero_grad()
-            bits_per_dim(flow, batch, bf16).mean().backward()
+            bits_per_dim(flow, batch, fast, fast).mean().backward()
             optimiser.step()
         flow.eval()
         with torch.no_grad():
             torch.manual_seed(3)
-            fp32_eval = torch.cat([bits_per_dim(flow, b, False) for b in test.split(100)]).mean().item()
+            fp32_eval = torch.cat([bits_per_dim(flow, b, False, fast) for b in test.split(100)]).mean().item()
             torch.manual_seed(3)
-            own_eval = torch.cat([bits_per_dim(flow, b, bf16) for b in test.split(100)]).mean().item()
+            own_eval = torch.cat([bits_per_dim(flow, b, fast, fast) for b in test.split(100)]).mean().item()
         results[name] = {
             "test bits/dim (fp32 evaluation)": fp32_eval,
             "test bits/dim (own precision)": own_eval,
         }
         models[name] = flow
     key = "test bits/dim (fp32 evaluation)"
-    results["difference bf16 - fp32"] = results["bf16-mixed"][key] - results["fp32"][key]
-    results["difference fp32 control - fp32"] = (
-        results["fp32 control (other noise seed)"][key] - results["fp32"][key]
+    for path in ("fp32", "fast path"):
+        results[f"{path}: seed 5 - seed 2"] = results[f"{path} seed 5"][key] - results[f"{path} seed 2"][key]
+    results["fast path - fp32 (mean of the seeds)"] = (
+        sum(results[f"fast path seed {s}"][key] - results[f"fp32 seed {s}"][key] for s in (2, 5)) / 2
     )
-    return results, models["fp32"]
+    return results, models["fp32 seed 2"]
+
+
+def sample_agreement(flow: FlowPlusPlus, n: int = 100) -> dict:
+    """The same latents decoded by the trained flow in fp32 and in the fast path (bf16-mixed +
+    channels_last), as uint8 images: how far the fast path's samples are from the fp32 ones."""
+    z = torch.randn(n, *flow.out_shape, generator=torch.Generator().manual_seed(6))
+    reference = (decode(flow, z, False, False) * 256).floor().clamp(0, 255)
+    fast_flow = use_channels_last(copy.deepcopy(flow), True)
+    fast = (decode(fast_flow, z, True, True) * 256).floor().clamp(0, 255)
+    levels = (fast - reference).abs()
+    return {
+        "images": n,
+        "max |difference| (of 255 levels)": levels.max().item(),
+        "mean |difference| (levels)": levels.mean().item(),
+        "pixels within 1 level": (levels <= 1).float().mean().item(),
+        "pixels within 4 levels": (levels <= 4).float().mean().item(),
+        "images whose every pixel is within 4 levels": (levels.flatten(1).amax(1) <= 4).float().mean().item(),
+    }
 
 
 def inverse_accuracy(flow: FlowPlusPlus) -> dict:
@@ -305,6 +342,8 @@ def main() -> None:
     if SHARED_CIFAR.exists():
         results["short training on CIFAR-10"], trained = short_training(args)
         print(results["short training on CIFAR-10"])
+        results["fast-path samples against fp32"] = sample_agreement(trained)
+        print(results["fast-path samples against fp32"])
         results["MixLogCDF inverse"] = inverse_accuracy(trained)
     else:
         print(f"{SHARED_CIFAR} not found: skipping the real-data checks")

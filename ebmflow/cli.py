@@ -56,7 +56,8 @@ class EBMFlowTrainer(L.Trainer):
     ) -> Path:
         """Draw images from a trained model: every image into an .npz (uint8, written batch by batch:
         memory stays flat in ``num_samples``), a near-square PNG grid of the first ones and, for
-        discrete priors, the paper's Fig. 3 grid (each column shares one discrete sample s).
+        discrete priors, the paper's Fig. 3 grid (each column shares one discrete sample s). The flow
+        runs in ``--trainer.precision`` (bf16-mixed: faster, images within a few levels of fp32's).
 
         Args:
             ckpt_path: checkpoint to load.
@@ -75,7 +76,15 @@ class EBMFlowTrainer(L.Trainer):
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         shape = (num_samples, *model.flow.in_shape)
-        batches = (model.sample(n, temperature).cpu() for n in _chunks(num_samples, batch_size))
+        # --trainer.precision applies to the flow as in training (bf16-mixed: the conditioners in bf16);
+        # the prior's sampler always runs in full precision.
+        precision = self.precision_plugin.forward_context
+
+        def draw(n: int) -> torch.Tensor:
+            with precision():
+                return model.sample(n, temperature).cpu()
+
+        batches = (draw(n) for n in _chunks(num_samples, batch_size))
         with tqdm(total=num_samples, desc="sampling", unit="img") as bar:
             shown = write_npz(
                 folder / "samples.npz", "images", shape, np.uint8, batches, bar.update, GRID_MAX
@@ -84,7 +93,8 @@ class EBMFlowTrainer(L.Trainer):
         written = [folder / "samples.png", folder / "samples.npz"]
         if isinstance(model.prior, DiscretePrior):
             rows = max(min(num_samples // columns, columns), 1)
-            grid = model.sample_columns(columns, rows, temperature)
+            with precision():
+                grid = model.sample_columns(columns, rows, temperature)
             save_image(grid.flatten(0, 1).float() / 255, folder / "discrete_columns.png", nrow=columns)
             written.append(folder / "discrete_columns.png")
         print("wrote " + ", ".join(str(p) for p in written))

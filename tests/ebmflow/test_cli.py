@@ -229,6 +229,31 @@ def test_many_samples_stream_to_the_npz_and_the_grids_stay_square(tiny_config: P
     assert Image.open(out / "discrete_columns.png").size == (4 * 10 + 2, 4 * 10 + 2)
 
 
+def test_sample_runs_the_flow_in_the_trainers_precision(tiny_config: Path, tmp_path: Path) -> None:
+    run("fit", "--config", str(tiny_config))
+    ckpt = str(only_checkpoint(tmp_path / "run"))
+    images = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = tmp_path / precision
+        args = [
+            "--ckpt_path",
+            ckpt,
+            "--num_samples",
+            "200",
+            "--trainer.precision",
+            precision,
+            "--out",
+            str(out),
+        ]
+        run("sample", "--config", str(tiny_config), *args)
+        images[precision] = np.load(out / "samples.npz")["images"].astype(int)
+    levels = np.abs(images["bf16-mixed"] - images["32-true"])
+    # The same spins and latents (the prior samples in full precision), decoded with bf16 conditioners:
+    # not the fp32 images, but close to them (bench/README.md measures the paper-size flow).
+    assert levels.max() > 0
+    assert (levels <= 4).mean() > 0.99, np.percentile(levels, [50, 90, 99, 100])
+
+
 def test_write_npz_streams_batches_exactly(tmp_path: Path) -> None:
     data = torch.arange(7 * 5 * 3, dtype=torch.int32).reshape(35, 3) % 251
     seen = []
