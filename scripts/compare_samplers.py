@@ -1,11 +1,15 @@
 """Generate from a trained RBM-Flow with several spin samplers and score each: FID, IS and class coverage
 with a shipped classifier, and the mean −F (log p̃) of the spins, beside that of the persistent chains.
 
-    python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000]
+    python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000] [--betas 1.1 1.2]
 
 RUN_DIR holds config.yaml and checkpoints/last.ckpt. Short block-Gibbs runs from fair coins (what the
 configs' validation uses) against samplers that reach the model's equilibrium (tempering, chains
-continued): a gap between them says the short runs measure their own distribution, not the RBM's.
+continued): a gap between them says the short runs measure their own distribution, not the RBM's. The
+last row decodes spins drawn from p(s | z) of test images: what the samples would be if the RBM matched
+the codes of the data exactly, so the gap to it is the RBM's share of what is missing. ``--betas`` adds
+tempering rows at lower spin temperatures (β > 1 sharpens p(s) towards its modes); the mean −F is
+always measured at β = 1.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ebmflow.checkpoints import read_checkpoint
 from ebmflow.cli import make_cli
 from ebmflow.health import class_coverage
 from priors import BlockGibbs, ParallelTempering
-from priors.samplers import gibbs
+from priors.samplers import RBM, gibbs
 from priors.spins import sample_spins
 
 MODEL_KEYS = ("seed_everything", "trainer", "model", "data")
@@ -33,6 +37,8 @@ BATCH = 500
 def load(run: Path):
     """The run's model (last checkpoint, eval mode) and data module, from its config.yaml."""
     config = yaml.safe_load((run / "config.yaml").read_text())
+    # the run's logger and callbacks are not needed here (and older runs' may not parse any more)
+    config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in ("logger", "callbacks")}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump({k: v for k, v in config.items() if k in MODEL_KEYS}, handle)
         handle.flush()
@@ -52,6 +58,9 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--feature", default="fashion_mnist")
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument(
+        "--betas", type=float, nargs="*", default=[], help="also sample the spins from p(s)^β at these β"
+    )
     args = parser.parse_args()
     model, data = load(args.run)
     prior = model.prior
@@ -68,7 +77,14 @@ def main() -> None:
         "parallel tempering, 100 sweeps x 10 replicas": lambda n: ParallelTempering(100, replicas=10).sample(
             spins, n
         ),
+        # What the RBM should reproduce: spins drawn from p(s | z) of the test images, decoded as samples.
+        "the test images' codes, s ~ p(s | z)": None,
     }
+    spin_models = {}  # rows that sample another spin model than the RBM's own
+    for beta in args.betas:  # p(s)^β: the RBM with every parameter scaled by β
+        name = f"parallel tempering, 100 sweeps x 10 replicas, at β = {beta}"
+        spin_models[name] = colder = RBM(spins.weight * beta, spins.bias_v * beta, spins.bias_h * beta)
+        samplers[name] = lambda n, colder=colder: ParallelTempering(100, replicas=10).sample(colder, n)
     fid, inception = build_quality_metrics(args.feature)
     data.setup("test")
     real = []
@@ -77,13 +93,24 @@ def main() -> None:
             fid.update(images, real=True)
             real.append(inception.inception(images).argmax(1))
     real = torch.cat(real)
+    test_images = torch.cat([images for images, _ in data.test_dataloader()])[: args.samples]
+
+    def posterior_codes(n: int) -> torch.Tensor:  # s ~ p(s | z) of test images: the aggregate posterior
+        probabilities = torch.cat([model.encode(part) for part in test_images[:n].split(BATCH)])
+        return torch.where(torch.rand_like(probabilities) < probabilities, 1.0, -1.0)
+
     print(f"persistent chains: mean -F {spins.neg_free_energy(chains).mean().item():.1f}")
     for name, draw in samplers.items():
         torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad():
-            s_v = torch.cat([draw(BATCH) for _ in range(-(-args.samples // BATCH))])[: args.samples]
-            s = torch.cat([s_v, sample_spins(s_v @ spins.weight + spins.bias_h)], 1)
+            if draw is None:
+                s = posterior_codes(args.samples)
+                s_v = s[:, : prior.n_visible]
+            else:
+                s_v = torch.cat([draw(BATCH) for _ in range(-(-args.samples // BATCH))])[: args.samples]
+                drawn_from = spin_models.get(name, spins)
+                s = torch.cat([s_v, sample_spins(s_v @ drawn_from.weight + drawn_from.bias_h)], 1)
             images = torch.cat([model.decode(prior.sample_given(part)) for part in s.split(BATCH)])
             fid.reset()
             inception.reset()
