@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
-from ebmflow.health import integrated_autocorrelation_time
+from ebmflow.health import integrated_autocorrelation_time, moment_gap
 from priors import RBMPrior
 from priors.samplers import ParallelTempering, Sampler, gibbs
 
@@ -27,14 +27,19 @@ class ChainHealth(EveryNEpochs):
       validation images);
     - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
       when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
+    - ``health/moment_gap`` (and ``health/moment_noise``): how far the RBM's coupling statistics, from
+      the persistent chains, are from those of the validation images' codes (``ebmflow.health.moment_gap``):
+      near the noise when the RBM has caught up with the codes, well above it when the RBM learns too
+      slowly to follow the flow (its samples then do not look like the data's, however well it mixes);
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
       parallel tempering).
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
-    (and three standard errors), when the chains barely mix, or when a tempering swap rate is under
-    ``min_swap_acceptance``. The training random stream and the chains are left untouched. Under DDP
+    (and three standard errors), when the moment gap exceeds ``max_moment_gap`` (and three times its
+    noise), when the chains barely mix, or when a tempering swap rate is under ``min_swap_acceptance``.
+    The training random stream and the chains are left untouched. Under DDP
     each rank measures its own chains and the values are averaged.
 
     Args:
@@ -44,6 +49,7 @@ class ChainHealth(EveryNEpochs):
         mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
         max_examples: validation images whose codes are scored.
         lag_tolerance: chain lag (nats of log p̃) beyond which the log warns.
+        max_moment_gap: moment gap beyond which the log warns.
         min_swap_acceptance: tempering swap rate under which the log warns.
         seed, every_n_epochs, in_fast_dev_run: as for the other callbacks.
     """
@@ -55,6 +61,7 @@ class ChainHealth(EveryNEpochs):
         mixing_sweeps: int = 200,
         max_examples: int = 1000,
         lag_tolerance: float = 5.0,
+        max_moment_gap: float = 0.2,
         min_swap_acceptance: float = 0.1,
         seed: int = 0,
         every_n_epochs: int = 1,
@@ -71,6 +78,7 @@ class ChainHealth(EveryNEpochs):
         self.reference_samples = reference_samples
         self.mixing_sweeps, self.max_examples = mixing_sweeps, max_examples
         self.lag_tolerance, self.min_swap_acceptance, self.seed = lag_tolerance, min_swap_acceptance, seed
+        self.max_moment_gap = max_moment_gap
         self._codes: list[torch.Tensor] = []
 
     def _applies(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -83,8 +91,7 @@ class ChainHealth(EveryNEpochs):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if self._applies(trainer, pl_module) and sum(map(len, self._codes)) < self.max_examples:
-            visible = pl_module.encode(batch[0])[:, : pl_module.prior.n_visible]
-            self._codes.append(torch.where(visible > 0.5, 1.0, -1.0))
+            self._codes.append(2 * pl_module.encode(batch[0]) - 1)  # E[s | z]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._applies(trainer, pl_module):
@@ -116,8 +123,23 @@ class ChainHealth(EveryNEpochs):
                     trainer.global_step,
                 )
         if self._codes:
-            data_logp = model.neg_free_energy(torch.cat(self._codes).to(model.weight.dtype)).mean()
+            codes = torch.cat(self._codes).to(model.weight.dtype)
+            most_likely = torch.where(codes[:, : prior.n_visible] > 0, 1.0, -1.0)
+            data_logp = model.neg_free_energy(most_likely).mean()
             metrics |= {"health/data_logp": data_logp, "health/data_gap": data_logp - fresh_logp.mean()}
+            gap, noise = moment_gap(codes, start.to(model.weight.dtype), model.weight, model.bias_h)
+            metrics |= {"health/moment_gap": torch.tensor(gap), "health/moment_noise": torch.tensor(noise)}
+            if gap > max(self.max_moment_gap, 3 * noise):
+                log.warning(
+                    "RBM health: the RBM's coupling statistics differ from the data codes' by %.0f%% (noise "
+                    "%.0f%%) at step %d: the RBM has not caught up with the codes the flow gives it, and its "
+                    "samples will not look like the data's however well its chains mix. Let the prior learn "
+                    "faster (--model.prior_optimizer's lr: the objective is in bits/dim, so an SGD rate acts "
+                    "on nats divided by dims·ln 2), keeping health/chain_lag small.",
+                    100 * gap,
+                    100 * noise,
+                    trainer.global_step,
+                )
         if metrics["health/energy_iat"] * SLOW_MIXING > self.mixing_sweeps:
             log.warning(
                 "RBM health: the chains' energy stays correlated over %.0f of %d sweeps: the sampler barely "

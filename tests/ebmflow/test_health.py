@@ -10,7 +10,7 @@ import torch
 
 from ebmflow.callbacks import ChainHealth, SampleQuality
 from ebmflow.data import DigitsDataModule
-from ebmflow.health import class_coverage, integrated_autocorrelation_time
+from ebmflow.health import class_coverage, integrated_autocorrelation_time, moment_gap
 from priors import BlockGibbs, ParallelTempering, RBMPrior
 from tests.ebmflow.helpers import tiny_model, trainer
 
@@ -50,6 +50,16 @@ def test_class_coverage_exact_answers() -> None:
     assert class_coverage(torch.tensor([1]), torch.tensor([0]), 2)["kl"] == math.inf
 
 
+def test_moment_gap_exact_answers() -> None:
+    """W = 0 and h_h = atanh(1/2): every hidden mean is 1/2, so C_model = mean(s_v) · 1/2."""
+    weight, bias_h = torch.zeros(2, 3), torch.full((3,), math.atanh(0.5))
+    codes = torch.ones(1, 5)  # one image, every spin certain to be +1: C_data = ones(2, 3)
+    split = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])  # halves at ±1/2
+    assert moment_gap(codes, split, weight, bias_h) == pytest.approx((1.0, 0.5))
+    assert moment_gap(codes, torch.ones(4, 2), weight, bias_h) == pytest.approx((0.5, 0.0))
+    assert moment_gap(torch.ones(3, 5), torch.ones(4, 2), weight, torch.full((3,), 30.0)) == (0.0, 0.0)
+
+
 def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(tmp_path: Path) -> None:
     """The logged chain log p̃ is −F of the final persistent chains, the lag its difference from the
     fresh run; training is the same with and without the callback."""
@@ -73,6 +83,14 @@ def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(tmp_path:
     assert m["health/chain_lag"] == pytest.approx(m["health/chain_logp"] - m["health/fresh_logp"], abs=1e-4)
     assert m["health/data_gap"] == pytest.approx(m["health/data_logp"] - m["health/fresh_logp"], abs=1e-4)
     assert 0 < m["health/flip_rate"] < 1 and m["health/energy_iat"] > 0
+    data = DigitsDataModule(batch_size=64)
+    data.setup("validate")
+    images = torch.cat([batch[0] for batch, _ in zip(data.val_dataloader(), range(2), strict=False)])
+    model.eval()
+    codes = 2 * model.encode(images) - 1
+    spins = prior.spin_model()
+    gap, noise = moment_gap(codes, prior.sampler.chains, spins.weight, spins.bias_h)
+    assert (m["health/moment_gap"], m["health/moment_noise"]) == pytest.approx((gap, noise), abs=1e-5)
 
 
 def stuck_model(sampler) -> object:
@@ -93,6 +111,10 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
     lag = run.callback_metrics["health/chain_lag"].item()
     assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
     assert "lag the model by" in caplog.text and "prior_lr" in caplog.text
+    # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, without noise
+    assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
+    assert run.callback_metrics["health/moment_noise"].item() == 0.0
+    assert "not caught up with the codes" in caplog.text
 
 
 def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> None:
