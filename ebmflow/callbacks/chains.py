@@ -39,8 +39,8 @@ class ChainHealth(EveryNEpochs):
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
     (and three standard errors), when the moment gap exceeds ``max_moment_gap`` (and three times its
     noise), when the chains barely mix, or when a tempering swap rate is under ``min_swap_acceptance``.
-    The training random stream and the chains are left untouched. Under DDP
-    each rank measures its own chains and the values are averaged.
+    The training random stream and the chains are left untouched. Under DDP each rank measures its own
+    chains and the values are averaged.
 
     Args:
         reference: the long independent run (default: parallel tempering, 200 sweeps of 10 replicas
