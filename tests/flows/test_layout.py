@@ -58,10 +58,7 @@ def test_channels_last_keeps_the_layout_and_the_numbers(shape: tuple[int, int, i
     plain.eval()
     nhwc.eval()
     z = torch.randn(3, plain.dims)
-    assert (
-        torch.equal(plain.decode(z), nhwc.decode(z))
-        or (plain.decode(z).int() - nhwc.decode(z).int()).abs().max() <= 1
-    )
+    assert (plain.decode(z).int() - nhwc.decode(z).int()).abs().max() <= 1
     assert all(conv_inputs_layouts(nhwc, lambda: nhwc.decode(z)))
 
 

@@ -171,8 +171,10 @@ def test_tempering_samples_with_its_own_sweeps_on_the_adapted_ladder() -> None:
     drawn = trained.sample(model, 30)
     torch.manual_seed(1)
     assert torch.equal(drawn, reference.sample(model, 30))  # 9 sweeps on the same ladder, not 2
+    two_sweeps = ParallelTempering(steps=2, chains=50, replicas=5, min_beta=0.05)
+    two_sweeps.betas.copy_(trained.betas)
     torch.manual_seed(1)
-    assert not torch.equal(drawn, ParallelTempering(steps=2, chains=50, replicas=5).sample(model, 30))
+    assert not torch.equal(drawn, two_sweeps.sample(model, 30))  # what ignoring sample_steps would give
 
 
 def _spread(statistics: dict[str, torch.Tensor]) -> float:
