@@ -1,6 +1,6 @@
 """``ebmflow report``: the paper's Table 1 (Markdown and CSV) and Fig. 1 (bits/dim, FID and IS against
 the training step, one line per run, beside the training-health curves: class coverage of the samples
-and the RBM's chain lag) from run directories' CSV logs (offline) or from a W&B group (online).
+and the RBM's chain lag and moment gap) from run directories' CSV logs (offline) or from a W&B group (online).
 
     ebmflow report runs/cifar10/rbm runs/cifar10/bernoulli runs/cifar10/multicov runs/cifar10/gaussian \
         --out report
@@ -49,6 +49,7 @@ COLUMNS = (
     "classes",
     "max class share",
     "chain lag",
+    "moment gap",
     "parameters",
     "wall seconds",
 )
@@ -59,6 +60,7 @@ CURVES = (
     ("val/coverage_classes", "classes holding ≥ 2 % of samples"),
     ("val/coverage_max_share", "largest class share"),
     ("health/chain_lag", "chain lag (nats of log p̃)"),
+    ("health/moment_gap", "moment gap (RBM vs codes, relative)"),
 )
 
 
@@ -108,6 +110,7 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
         "classes": last.get("val/coverage_classes", math.nan),
         "max class share": last.get("val/coverage_max_share", math.nan),
         "chain lag": last.get("health/chain_lag", math.nan),
+        "moment gap": last.get("health/moment_gap", math.nan),
         "parameters": num_parameters,
         "wall seconds": last.get("train/wall_seconds", math.nan),
     }
@@ -201,8 +204,8 @@ def _cell(value: float, digits: int, error: float = math.nan) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| model | epochs | steps | bits/dim | IS | FID | NMI | classes ≥ 2 % | max class share "
-        "| chain lag | parameters | wall time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| chain lag | moment gap | parameters | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         parameters = "–" if isinstance(r["parameters"], float) else f"{r['parameters']:,}"
@@ -218,6 +221,7 @@ def markdown(rows: list[dict]) -> str:
             _cell(r["classes"], 0),
             _cell(r["max class share"], 2),
             _cell(r["chain lag"], 1),
+            _cell(r["moment gap"], 2),
             parameters,
             wall if wall == "–" else f"{wall} h",
         ]
@@ -239,8 +243,11 @@ def write_report(runs: list[dict], out: str | Path) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    figure, axes = plt.subplots(2, len(CURVES) // 2, figsize=(5 * len(CURVES) // 2, 7.2))
-    for axis, (key, label) in zip(axes.flat, CURVES, strict=True):
+    columns = -(-len(CURVES) // 2)
+    figure, axes = plt.subplots(2, columns, figsize=(5 * columns, 7.2))
+    for axis in axes.flat[len(CURVES) :]:
+        axis.set_axis_off()
+    for axis, (key, label) in zip(axes.flat[: len(CURVES)], CURVES, strict=True):
         for run in runs:
             if run["curves"][key]:
                 steps, values = zip(*run["curves"][key], strict=True)

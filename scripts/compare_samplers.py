@@ -1,5 +1,7 @@
 """Generate from a trained RBM-Flow with several spin samplers and score each: FID, IS and class coverage
-with a shipped classifier, and the mean −F (log p̃) of the spins, beside that of the persistent chains.
+with a shipped classifier, the mean −F (log p̃) of the spins, beside that of the persistent chains, and
+the moment gap of the spins against the test images' codes (``ebmflow.health.moment_gap``: 0 when they
+have the codes' coupling statistics; its split-half noise in brackets).
 
     python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000] [--betas 1.1 1.2]
 
@@ -25,7 +27,7 @@ import yaml
 from ebmflow.callbacks import build_quality_metrics
 from ebmflow.checkpoints import read_checkpoint
 from ebmflow.cli import make_cli
-from ebmflow.health import class_coverage
+from ebmflow.health import class_coverage, moment_gap
 from priors import BlockGibbs, ParallelTempering
 from priors.samplers import RBM, gibbs
 from priors.spins import sample_spins
@@ -95,17 +97,16 @@ def main() -> None:
     real = torch.cat(real)
     test_images = torch.cat([images for images, _ in data.test_dataloader()])[: args.samples]
 
-    def posterior_codes(n: int) -> torch.Tensor:  # s ~ p(s | z) of test images: the aggregate posterior
-        probabilities = torch.cat([model.encode(part) for part in test_images[:n].split(BATCH)])
-        return torch.where(torch.rand_like(probabilities) < probabilities, 1.0, -1.0)
+    with torch.no_grad():  # p(s = +1 | z) of the test images: the aggregate posterior
+        probabilities = torch.cat([model.encode(part) for part in test_images.split(BATCH)])
 
     print(f"persistent chains: mean -F {spins.neg_free_energy(chains).mean().item():.1f}")
     for name, draw in samplers.items():
         torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad():
-            if draw is None:
-                s = posterior_codes(args.samples)
+            if draw is None:  # s ~ p(s | z) of the test images
+                s = torch.where(torch.rand_like(probabilities) < probabilities, 1.0, -1.0)
                 s_v = s[:, : prior.n_visible]
             else:
                 s_v = torch.cat([draw(BATCH) for _ in range(-(-args.samples // BATCH))])[: args.samples]
@@ -118,10 +119,12 @@ def main() -> None:
             inception.update(images)
             coverage = class_coverage(inception.inception(images).argmax(1), real, len(real.unique()))
             score, _ = inception.compute()
+            gap, noise = moment_gap(2 * probabilities - 1, s_v, spins.weight, spins.bias_h)
         print(
             f"{name}: FID {fid.compute().item():.1f}, IS {score.item():.2f}, classes ≥ 2 % "
             f"{coverage['classes']:.0f}, largest share {coverage['max_share']:.2f}, KL {coverage['kl']:.3f}, "
-            f"mean -F {spins.neg_free_energy(s_v).mean().item():.1f} ({time.perf_counter() - start:.0f} s)"
+            f"mean -F {spins.neg_free_energy(s_v).mean().item():.1f}, moment gap {gap:.2f} ({noise:.2f}) "
+            f"({time.perf_counter() - start:.0f} s)"
         )
 
 

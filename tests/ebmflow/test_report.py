@@ -14,13 +14,13 @@ from ebmflow.command import main
 
 METRICS = {
     "rbm": [
-        "epoch,step,train/objective,val/bpd_uniform,val/fid,val/is,val/is_std,val/code_nmi,train/wall_seconds,test/bpd_uniform,test/bpd_uniform_stderr,val/coverage_classes,val/coverage_max_share,health/chain_lag",
-        "0,9,3.5,,,,,,,,,,,",
-        "0,19,,3.40,120.0,3.10,0.05,0.41,,,,3,0.61,-40.0",
-        "0,19,,,,,,,1800.0,,,,,",
-        "1,39,,3.25,105.0,4.40,0.10,0.52,,,,10,0.14,-1.5",
-        "1,39,,,,,,,3600.0,,,,,",
-        "2,40,,,,,,,,3.18,0.01,,,",
+        "epoch,step,train/objective,val/bpd_uniform,val/fid,val/is,val/is_std,val/code_nmi,train/wall_seconds,test/bpd_uniform,test/bpd_uniform_stderr,val/coverage_classes,val/coverage_max_share,health/chain_lag,health/moment_gap",
+        "0,9,3.5,,,,,,,,,,,,",
+        "0,19,,3.40,120.0,3.10,0.05,0.41,,,,3,0.61,-40.0,0.93",
+        "0,19,,,,,,,1800.0,,,,,,",
+        "1,39,,3.25,105.0,4.40,0.10,0.52,,,,10,0.14,-1.5,0.07",
+        "1,39,,,,,,,3600.0,,,,,,",
+        "2,40,,,,,,,,3.18,0.01,,,,",
     ],
     "gaussian": [
         "epoch,step,val/bpd_uniform,val/fid,val/is,val/is_std,train/wall_seconds",
@@ -43,11 +43,12 @@ def make_run(root: Path, name: str) -> Path:
 
 TABLE = (
     "| model | epochs | steps | bits/dim | IS | FID | NMI | classes ≥ 2 % | max class share | chain lag "
-    "| parameters | wall time |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-    "| RBM-Flow | 3 | 39 | 3.180 ± 0.010 | 4.40 ± 0.10 | 105.0 | 0.520 | 10 | 0.14 | -1.5 "
+    "| moment gap | parameters | wall time |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    "| RBM-Flow | 3 | 39 | 3.180 ± 0.010 | 4.40 ± 0.10 | 105.0 | 0.520 | 10 | 0.14 | -1.5 | 0.07 "
     "| 31,420,584 | 1.00 h |\n"
-    "| Gaussian-Flow | 1 | 19 | 3.300 (val) | 3.00 ± 0.20 | 130.0 | – | – | – | – | 31,445,192 | 0.42 h |\n"
+    "| Gaussian-Flow | 1 | 19 | 3.300 (val) | 3.00 ± 0.20 | 130.0 | – | – | – | – | – | 31,445,192 "
+    "| 0.42 h |\n"
 )
 
 
@@ -59,6 +60,8 @@ def test_report_reproduces_the_table(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert rows[0]["model"] == "RBM-Flow" and float(rows[0]["bits/dim"]) == 3.18 and rows[0]["epochs"] == "3"
     assert rows[1]["NMI"] == "nan" and float(rows[1]["wall seconds"]) == 1500.0
+    assert float(rows[0]["moment gap"]) == 0.07 and rows[1]["moment gap"] == "nan"
+    assert report.read_run(runs[0])["curves"]["health/moment_gap"] == [(19, 0.93), (39, 0.07)]
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
 
     (tmp_path / "rbm-slow").mkdir()
