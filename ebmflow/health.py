@@ -56,27 +56,29 @@ def class_coverage(
     return {"classes": float((q >= threshold).sum()), "max_share": float(q.max()), "kl": kl}
 
 
-def moment_gap(codes: Tensor, chains: Tensor, weight: Tensor, bias_h: Tensor) -> tuple[float, float]:
-    """How far the RBM is from the PCD fixed point: ‖C_data − C_model‖_F / ‖C_data‖_F for the coupling
-    statistics whose difference is the gradient of W (docs/maths.md §4), and that figure's sampling noise.
+def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -> tuple[float, float]:
+    """How far the RBM's equilibrium is from the codes: ‖C_data − C_model‖_F / ‖C_data‖_F for the coupling
+    statistics whose difference is the exact gradient of W (docs/maths.md §4), and its sampling noise.
 
     C_data is the mean of m_v m_hᵀ over images, m = E[s | z] (``codes``: (n, N), visible units first;
     p(s | z) factorises, so this is E[s_v s_hᵀ | z]); C_model the mean of s_v tanh(Wᵀs_v + h_h)ᵀ over
-    ``chains`` ((C, n_v) visible states from the model; the hidden units summed out). The gap is 0 when
+    ``samples`` ((C, n_v) visible states drawn from the model at equilibrium; the hidden units summed
+    out). Computed from PCD's persistent chains instead, it is PCD's own gradient, which the training
+    drives towards 0 even when the chains no longer represent the model. The gap is 0 when
     the RBM reproduces the codes' statistics; well above the noise, the RBM has not caught up with the
     codes the flow gives it. The noise is ‖C_model(first half) − C_model(second half)‖ / (2 ‖C_data‖),
-    the standard deviation of C_model's error for independent chains.
+    the standard deviation of C_model's error for independent samples.
 
     Returns (gap, noise).
     """
     n_visible = weight.shape[0]
     codes = codes.to(weight.dtype)
     data = codes[:, :n_visible].T @ codes[:, n_visible:] / len(codes)
-    chains = chains.to(weight.dtype)
-    hidden = torch.tanh(chains @ weight + bias_h)
-    half = len(chains) // 2
-    first, second = (chains[p].T @ hidden[p] / half for p in (slice(0, half), slice(half, 2 * half)))
-    model = chains.T @ hidden / len(chains)
+    samples = samples.to(weight.dtype)
+    hidden = torch.tanh(samples @ weight + bias_h)
+    half = len(samples) // 2
+    first, second = (samples[p].T @ hidden[p] / half for p in (slice(0, half), slice(half, 2 * half)))
+    model = samples.T @ hidden / len(samples)
     return float((data - model).norm() / data.norm()), float((first - second).norm() / 2 / data.norm())
 
 

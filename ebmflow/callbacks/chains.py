@@ -28,9 +28,11 @@ class ChainHealth(EveryNEpochs):
     - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
       when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
     - ``health/moment_gap`` (and ``health/moment_noise``): how far the RBM's coupling statistics, from
-      the persistent chains, are from those of the validation images' codes (``ebmflow.health.moment_gap``):
+      the fresh samples, are from those of the validation images' codes (``ebmflow.health.moment_gap``):
       near the noise when the RBM has caught up with the codes, well above it when the RBM learns too
-      slowly to follow the flow (its samples then do not look like the data's, however well it mixes);
+      slowly to follow the flow (its samples then do not look like the data's, however well it mixes).
+      Not from the persistent chains: PCD pulls their statistics towards the codes' even when the RBM's
+      own equilibrium has run away from both;
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
@@ -127,7 +129,7 @@ class ChainHealth(EveryNEpochs):
             most_likely = torch.where(codes[:, : prior.n_visible] > 0, 1.0, -1.0)
             data_logp = model.neg_free_energy(most_likely).mean()
             metrics |= {"health/data_logp": data_logp, "health/data_gap": data_logp - fresh_logp.mean()}
-            gap, noise = moment_gap(codes, start.to(model.weight.dtype), model.weight, model.bias_h)
+            gap, noise = moment_gap(codes, fresh.to(model.weight.dtype), model.weight, model.bias_h)
             metrics |= {"health/moment_gap": torch.tensor(gap), "health/moment_noise": torch.tensor(noise)}
             if gap > max(self.max_moment_gap, 3 * noise):
                 log.warning(
