@@ -105,13 +105,21 @@ class BlockGibbs(Sampler):
         precision: "float32", or "bfloat16" to run the sweeps' matrix products with W rounded to bf16
             (relative error ≤ 2⁻⁸ per coupling; spins are exact, fields are summed in float32): faster
             sweeps on hardware with bf16 units, at the price of sampling from that slightly rounded RBM.
+        restart: the probability that a chain is redrawn from fair spins before a training step's
+            sweeps (0: PCD; 1: every negative phase starts from fair spins, as ``sample`` does). Frees
+            chains left in states the model has since made improbable, where they can stay for many
+            sweeps when the RBM learns fast.
     """
 
-    def __init__(self, steps: int = 200, chains: int = 20, precision: Precision = "float32") -> None:
+    def __init__(
+        self, steps: int = 200, chains: int = 20, precision: Precision = "float32", restart: float = 0.0
+    ) -> None:
         super().__init__()
         if steps < 1 or chains < 1:
             raise ValueError(f"steps and chains must be >= 1, got steps={steps}, chains={chains}")
-        self.steps, self.num_chains = steps, chains
+        if not 0 <= restart <= 1:
+            raise ValueError(f"restart is a probability in [0, 1], got {restart!r}")
+        self.steps, self.num_chains, self.restart = steps, chains, restart
         self.dtype = _precision(precision)
         self.register_buffer("chains", torch.zeros(chains, 0))
 
@@ -122,6 +130,9 @@ class BlockGibbs(Sampler):
         self.chains.copy_(sample_spins(torch.zeros_like(self.chains)))
 
     def negative_phase(self, model: RBM) -> Tensor:
+        if self.restart:
+            redraw = torch.rand(self.num_chains, 1, device=self.chains.device) < self.restart
+            self.chains.copy_(torch.where(redraw, model.random_visible(self.num_chains), self.chains))
         self.chains.copy_(gibbs(model, self.chains, self.steps, dtype=self.dtype))
         return self.chains
 

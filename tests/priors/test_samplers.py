@@ -20,6 +20,7 @@ ALPHA = 1e-3
 SAMPLERS: dict[str, Callable[[], Sampler]] = {
     "gibbs": lambda: BlockGibbs(steps=30, chains=CHAINS),
     "gibbs-bf16": lambda: BlockGibbs(steps=30, chains=CHAINS, precision="bfloat16"),
+    "gibbs-restart": lambda: BlockGibbs(steps=30, chains=CHAINS, restart=0.3),
     "tempering": lambda: ParallelTempering(steps=15, chains=CHAINS, replicas=4, min_beta=0.3),
     "tempering-linear-to-zero": lambda: ParallelTempering(
         steps=15, chains=CHAINS, replicas=5, min_beta=0.0, spacing="linear"
@@ -182,6 +183,35 @@ def _spread(statistics: dict[str, torch.Tensor]) -> float:
     return (rates.max() - rates.min()).item()
 
 
+def test_restarted_chains_start_from_fair_coins() -> None:
+    """restart = 1: a negative phase forgets the chains it was given (each starts from fair coins);
+    restart = 0 (PCD) continues them; in between, a chain is redrawn with that probability."""
+    model = enumerable_rbm()
+
+    def negative_phase(restart: float, start: float, chains: int = 50, steps: int = 2) -> torch.Tensor:
+        sampler = BlockGibbs(steps=steps, chains=chains, restart=restart)
+        sampler.bind(N_V, N_H)
+        sampler.chains.fill_(start)
+        torch.manual_seed(0)
+        return sampler.negative_phase(model)
+
+    assert torch.equal(negative_phase(1.0, 1.0), negative_phase(1.0, -1.0))
+    assert not torch.equal(negative_phase(0.0, 1.0), negative_phase(0.0, -1.0))
+    # A ferromagnet with couplings of 20: a chain at all −1 stays there (fields of −100 and less), a chain
+    # redrawn from coins falls into all +1 or all −1 with probability 1/2 each (by symmetry; n_h is odd, so
+    # the visible field is never 0). So the share of
+    # chains leaving all −1 is restart / 2; 20,000 chains give a standard error of 0.0023.
+    ferromagnet = RBM(torch.full((N_V, N_H), 20.0), torch.zeros(N_V), torch.zeros(N_H))
+    for restart in (0.0, 0.25, 1.0):
+        sampler = BlockGibbs(steps=1, chains=20_000, restart=restart)
+        sampler.bind(N_V, N_H)
+        sampler.chains.fill_(-1.0)
+        torch.manual_seed(0)
+        draws = sampler.negative_phase(ferromagnet)
+        assert set(draws.sum(1).unique().tolist()) <= {-N_V, N_V}
+        assert (draws[:, 0] > 0).float().mean().item() == pytest.approx(restart / 2, abs=0.01)
+
+
 def test_samplers_state_round_trips_through_the_prior_state_dict() -> None:
     torch.manual_seed(0)
 
@@ -204,6 +234,8 @@ def test_bad_sampler_arguments_fail_clearly() -> None:
         BlockGibbs(steps=0)
     with pytest.raises(ValueError, match="precision"):
         BlockGibbs(precision="float16")
+    with pytest.raises(ValueError, match="restart"):
+        BlockGibbs(restart=1.5)
     with pytest.raises(ValueError, match="min_beta"):
         ParallelTempering(min_beta=0.0)  # geometric spacing cannot reach 0
     with pytest.raises(ValueError, match="replicas"):
