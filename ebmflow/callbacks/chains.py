@@ -118,7 +118,8 @@ class ChainHealth(EveryNEpochs):
                     "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
                     "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "
                     "classes. Lower the prior's learning rate (--model.prior_lr, or --model.prior_optimizer "
-                    "torch.optim.SGD), or mix better: more chains or sweeps, or "
+                    "torch.optim.SGD), redraw stranded chains (--model.prior.init_args.sampler.init_args."
+                    "restart 0.2 with priors.BlockGibbs), or mix better: more chains or sweeps, or "
                     "--model.prior.sampler priors.ParallelTempering.",
                     -float(lag),
                     float(stderr),

@@ -102,7 +102,7 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
         run.validate(model, DigitsDataModule(batch_size=64))
     lag = run.callback_metrics["health/chain_lag"].item()
     assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
-    assert "lag the model by" in caplog.text and "prior_lr" in caplog.text
+    assert "lag the model by" in caplog.text and "prior_lr" in caplog.text and "restart 0.2" in caplog.text
     # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, without noise
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
     assert run.callback_metrics["health/moment_noise"].item() == 0.0
