@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
-__all__ = ["main", "read_run", "read_wandb_group", "summarise", "write_report"]
+__all__ = ["main", "plot_curves", "read_run", "read_wandb_group", "summarise", "write_report"]
 
 NAMES = {
     "RBMPrior": "RBM-Flow",
@@ -243,23 +243,30 @@ def write_report(runs: list[dict], out: str | Path) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    figure = plot_curves(runs)
+    figure.savefig(out / "curves.png", dpi=120)
+    plt.close(figure)
+    return [out / "table.md", out / "table.csv", out / "curves.png"]
+
+
+def plot_curves(runs: list[dict]) -> plt.Figure:
+    """One panel per curve against the training step; a run keeps its colour in every panel, also in
+    those where earlier runs have no values (a Gaussian run has no chain lag)."""
     columns = -(-len(CURVES) // 2)
     figure, axes = plt.subplots(2, columns, figsize=(5 * columns, 7.2))
     for axis in axes.flat[len(CURVES) :]:
         axis.set_axis_off()
     for axis, (key, label) in zip(axes.flat[: len(CURVES)], CURVES, strict=True):
-        for run in runs:
+        for index, run in enumerate(runs):
             if run["curves"][key]:
                 steps, values = zip(*run["curves"][key], strict=True)
-                axis.plot(steps, values, marker=".", label=run["row"]["model"])
+                axis.plot(steps, values, marker=".", color=f"C{index % 10}", label=run["row"]["model"])
         axis.set_xlabel("training step")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes.flat[0].legend()
     figure.tight_layout()
-    figure.savefig(out / "curves.png", dpi=120)
-    plt.close(figure)
-    return [out / "table.md", out / "table.csv", out / "curves.png"]
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:

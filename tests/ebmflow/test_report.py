@@ -72,6 +72,19 @@ def test_report_reproduces_the_table(tmp_path: Path) -> None:
     assert models == ["| RBM-Flow (rbm)", "| RBM-Flow (rbm-slow)", "| Gaussian-Flow"]
 
 
+def test_a_run_keeps_its_colour_in_every_panel(tmp_path: Path) -> None:
+    """The Gaussian run comes first and has no chain lag or moment gap: the RBM run's lines must still
+    share one colour across the panels (matplotlib's per-panel colour cycle would shift it)."""
+    runs = [report.read_run(make_run(tmp_path, "gaussian")), report.read_run(make_run(tmp_path, "rbm"))]
+    figure = report.plot_curves(runs)
+    colours = {
+        label: {line.get_color() for axis in figure.axes for line in axis.lines if line.get_label() == label}
+        for label in ("Gaussian-Flow", "RBM-Flow")
+    }
+    assert colours == {"Gaussian-Flow": {"C0"}, "RBM-Flow": {"C1"}}
+    assert any(line.get_label() == "RBM-Flow" for line in figure.axes[6].lines)  # the moment gap
+
+
 def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
     """A kill mid-write leaves the last line without its end: its cut number (3.1 of 3.18) must not
     become the run's bits/dim; the row is left out and named, the rest reported."""
