@@ -64,9 +64,9 @@ def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -
     p(s | z) factorises, so this is E[s_v s_hᵀ | z]); C_model the mean of s_v tanh(Wᵀs_v + h_h)ᵀ over
     ``samples`` ((C, n_v) visible states drawn from the model at equilibrium; the hidden units summed
     out). Computed from PCD's persistent chains instead, it is PCD's own gradient, which the training
-    drives towards 0 even when the chains no longer represent the model. The gap is 0 when
-    the RBM reproduces the codes' statistics; well above the noise, the RBM has not caught up with the
-    codes the flow gives it. The noise is ‖C_model(first half) − C_model(second half)‖ / (2 ‖C_data‖),
+    drives towards 0 even when the chains no longer represent the model. The gap is 0 when the RBM
+    reproduces the codes' statistics; well above the noise, the RBM has not caught up with the codes
+    the flow gives it. The noise is ‖C_model(first half) − C_model(second half)‖ / (2 ‖C_data‖),
     the standard deviation of C_model's error for independent samples.
 
     Returns (gap, noise).

@@ -1,6 +1,7 @@
 """``ebmflow report``: the paper's Table 1 (Markdown and CSV) and Fig. 1 (bits/dim, FID and IS against
-the training step, one line per run, beside the training-health curves: class coverage of the samples
-and the RBM's chain lag and moment gap) from run directories' CSV logs (offline) or from a W&B group (online).
+the training step, one line per run, beside the training-health curves: class coverage of the samples,
+the RBM's chain lag and moment gap) from run directories' CSV logs (offline) or from a W&B group
+(online).
 
     ebmflow report runs/cifar10/rbm runs/cifar10/bernoulli runs/cifar10/multicov runs/cifar10/gaussian \
         --out report

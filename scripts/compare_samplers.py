@@ -1,7 +1,8 @@
 """Generate from a trained RBM-Flow with several spin samplers and score each: FID, IS and class coverage
 with a shipped classifier, the mean −F (log p̃) of the spins, beside that of the persistent chains, and
-the moment gap of the spins against the test images' codes (``ebmflow.health.moment_gap``: 0 when they
-have the codes' coupling statistics; its split-half noise in brackets).
+the moment gap of the spins against the test images' codes (``ebmflow.health.moment_gap``, its
+split-half noise in brackets; the codes' own row is its floor, since it sums their hidden units out
+through the RBM too).
 
     python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000] [--betas 1.1 1.2]
 
