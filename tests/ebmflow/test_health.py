@@ -112,7 +112,7 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
 def test_the_moment_gap_is_the_rbms_equilibrium_against_the_codes_not_the_chains(tmp_path: Path) -> None:
     """Under PCD the chains' statistics are pulled towards the codes' whether or not the RBM's own
     equilibrium is, so the gap must come from the fresh samples. Here the equilibrium is exactly all
-    visible spins +1 (fields of 20 against couplings of 0.6 at most) while the chains are parked at −1;
+    visible spins +1 (fields of 20; the couplings add at most 0.12) while the chains are parked at −1;
     with h_h ≠ 0 the two give different statistics, and the logged gap is the equilibrium's."""
     model = stuck_model(BlockGibbs(3, 8))
     with torch.no_grad():
