@@ -39,8 +39,10 @@ class ChainHealth(EveryNEpochs):
       parallel tempering).
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
-    (and three standard errors), when the moment gap exceeds ``max_moment_gap`` (and three times its
-    noise), when the chains barely mix, or when a tempering swap rate is under ``min_swap_acceptance``.
+    (and three standard errors), when they lead by as much (the reference then has not reached the
+    model's equilibrium, and the lag and the moment gap are measured against its samples), when the
+    moment gap exceeds ``max_moment_gap`` (and three times its noise), when the chains barely mix, or
+    when a tempering swap rate is under ``min_swap_acceptance``.
     The training random stream and the chains are left untouched. Under DDP each rank measures its own
     chains and the values are averaged.
 
@@ -122,6 +124,17 @@ class ChainHealth(EveryNEpochs):
                     "restart 0.2 with priors.BlockGibbs), or mix better: more chains or sweeps, or "
                     "--model.prior.sampler priors.ParallelTempering.",
                     -float(lag),
+                    float(stderr),
+                    trainer.global_step,
+                )
+            elif lag > max(self.lag_tolerance, 3 * float(stderr)):
+                log.warning(
+                    "RBM health: the persistent chains sit %.1f nats of log p̃ (± %.1f) above the reference "
+                    "run's fresh samples at step %d: the reference has not reached the RBM's equilibrium, so "
+                    "health/chain_lag and health/moment_gap describe its samples, not the model's. Give "
+                    "ChainHealth a stronger reference (init_args.reference: more steps or replicas of "
+                    "priors.ParallelTempering, adaptive: true) or check with scripts/compare_samplers.py.",
+                    float(lag),
                     float(stderr),
                     trainer.global_step,
                 )

@@ -12,6 +12,7 @@ from ebmflow.callbacks import ChainHealth, SampleQuality
 from ebmflow.data import DigitsDataModule
 from ebmflow.health import class_coverage, integrated_autocorrelation_time, moment_gap
 from priors import BlockGibbs, ParallelTempering, RBMPrior
+from priors.samplers import RBM, Sampler
 from tests.ebmflow.helpers import tiny_model, trainer
 
 
@@ -107,6 +108,31 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
     assert run.callback_metrics["health/moment_noise"].item() == 0.0
     assert "not caught up with the codes" in caplog.text
+
+
+class NeverMoves(Sampler):
+    """A reference too weak for the model: every draw is all visible spins −1."""
+
+    def negative_phase(self, model: RBM) -> torch.Tensor:
+        return self.sample(model, 8)
+
+    def sample(self, model: RBM, n: int) -> torch.Tensor:
+        return -torch.ones(n, model.weight.shape[0], dtype=model.weight.dtype)
+
+
+def test_chain_health_warns_when_its_reference_has_not_reached_the_model(tmp_path: Path, caplog) -> None:
+    """Chains at the mode (all visible +1, fields 2), the reference at −1: the chains lead by exactly
+    52 spins · 2 · 2 nats, so it is the reference, not the chains, that has not reached equilibrium."""
+    model = stuck_model(BlockGibbs(3, 8))
+    with torch.no_grad():
+        model.prior.sampler.persistent_states().fill_(1.0)
+    health = ChainHealth(reference=NeverMoves(), reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
+        run.validate(model, DigitsDataModule(batch_size=64))
+    assert run.callback_metrics["health/chain_lag"].item() == pytest.approx(52 * 2 * 2)
+    assert "reference has not reached the RBM's equilibrium" in caplog.text
+    assert "lag the model by" not in caplog.text
 
 
 def test_the_moment_gap_is_the_rbms_equilibrium_against_the_codes_not_the_chains(tmp_path: Path) -> None:
