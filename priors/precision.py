@@ -111,8 +111,10 @@ class CouplingMatrix(nn.Module):
         with torch.no_grad():
             v = F.normalize(self.raw_weight.T @ self._u, dim=0, eps=1e-12)
             u = F.normalize(self.raw_weight @ v, dim=0, eps=1e-12)
-            self._u.copy_(u)
-            self._v.copy_(v)
+            # W = 0 (its initial value) maps u to 0, and 0 would stay 0: keep the old vectors then
+            live = u.abs().sum() > 0
+            self._u.copy_(torch.where(live, u, self._u))
+            self._v.copy_(torch.where(live, v, self._v))
 
     def _scaled(self, sigma: Tensor) -> Tensor:
         cap = self.max_ratio * self.delta

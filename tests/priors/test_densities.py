@@ -34,6 +34,19 @@ def test_rbm_couplings_are_strong_in_the_normalisation_test() -> None:
     assert prior.precision().weight.abs().item() == pytest.approx(0.99 * 2.5)
 
 
+def test_the_coupling_cap_holds_when_the_couplings_start_at_zero() -> None:
+    """Training starts from W = 0. Later couplings with σ_max(V) = 0.995 Δ, between the cap 0.99 Δ and
+    Δ, still give a positive-definite J̃, so only the power iteration can enforce the cap: W must come
+    out at σ_max = 0.99 Δ exactly (rank one, so one iteration finds it)."""
+    prior = RBMPrior(12, n_visible=6).double().train()
+    prior.precision()  # the first training call, at W = 0
+    direction = torch.outer(torch.arange(1.0, 7.0), torch.linspace(-1, 1, 6)).double()
+    with torch.no_grad():
+        prior.coupling.raw_weight.copy_(0.995 * 2.5 * direction / torch.linalg.matrix_norm(direction, 2))
+    sigma = torch.linalg.matrix_norm(prior.precision().weight, 2)
+    assert sigma.item() == pytest.approx(0.99 * prior.coupling.delta.item(), rel=1e-12)  # Δ ≈ 2.5 in float32
+
+
 @pytest.mark.parametrize(("dim", "n_visible"), [(1, 1), (5, 3), (8, 2), (9, 7), (12, 6)])
 def test_exact_log_partition_equals_brute_force(dim: int, n_visible: int) -> None:
     prior = randomise(RBMPrior(dim, n_visible=n_visible, delta=3.0), scale=1.0).double().eval()
