@@ -33,6 +33,9 @@ class ChainHealth(EveryNEpochs):
       slowly to follow the flow (its samples then do not look like the data's, however well it mixes).
       Not from the persistent chains: PCD pulls their statistics towards the codes' even when the RBM's
       own equilibrium has run away from both;
+    - ``health/coupling_bound`` = σ_max(W) / Δ: how close the couplings are to the smoothing's bound
+      (J̃ ≻ 0 needs it below 1, and W is capped at ``max_ratio``; on Fashion-MNIST the runs whose RBM
+      stayed far from the codes were the ones that had reached it, docs/results.md round 5);
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
@@ -109,6 +112,9 @@ class ChainHealth(EveryNEpochs):
             flips, trace = self._mixing(model, start.to(model.weight.dtype))
         fresh_logp = model.neg_free_energy(fresh)
         metrics = {"health/fresh_logp": fresh_logp.mean(), "health/flip_rate": flips}
+        metrics["health/coupling_bound"] = (
+            torch.linalg.matrix_norm(model.weight, 2) / prior.coupling.delta.detach()
+        )
         metrics["health/energy_iat"] = torch.tensor(integrated_autocorrelation_time(trace.T))
         if chains is not None:
             chain_logp = model.neg_free_energy(chains)

@@ -159,6 +159,23 @@ def test_the_moment_gap_is_the_rbms_equilibrium_against_the_codes_not_the_chains
     assert run.callback_metrics["health/moment_noise"].item() == 0.0  # every fresh sample is the same
 
 
+@pytest.mark.parametrize(("sigma", "capped"), [(1.5, False), (5.0, True)])
+def test_chain_health_logs_how_close_the_couplings_are_to_the_smoothings_bound(
+    tmp_path: Path, sigma: float, capped: bool
+) -> None:
+    """Rank-one couplings with σ_max = ``sigma``: below the cap 0.99 Δ they are W itself, above it W is
+    capped at 0.99 Δ (J̃ ≻ 0 needs σ_max(W) < Δ = 2.5)."""
+    model = stuck_model(BlockGibbs(3, 8))
+    direction = torch.outer(torch.linspace(-1, 1, 52), torch.arange(1.0, 13.0))
+    with torch.no_grad():
+        model.prior.coupling.raw_weight.copy_(sigma * direction / torch.linalg.matrix_norm(direction, 2))
+    health = ChainHealth(reference=BlockGibbs(steps=5), reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    run.validate(model, DigitsDataModule(batch_size=64))
+    expected = 0.99 if capped else sigma / model.prior.coupling.delta.item()
+    assert run.callback_metrics["health/coupling_bound"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> None:
     model = stuck_model(ParallelTempering(steps=2, chains=8, replicas=3, min_beta=0.001))
     model.train()
