@@ -3,9 +3,12 @@ match within 0.1 % (Table 2), and every shipped combination prints a config that
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
 from ebmflow.cli import EBMFlowCLI, make_cli
 from ebmflow.command import main
@@ -131,3 +134,51 @@ def test_print_config_round_trips(paths: tuple[Path, ...], tmp_path: Path, capsy
         )
 
     assert summary(make_cli(["--config", str(path)], run=False)) == summary(build(*paths))
+
+
+class Worsening(L.LightningModule):
+    """A model whose validation bits/dim get worse at every validation, as a run's last ones may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, _):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, _):
+        self.log("val/bpd_uniform", float(self.global_step))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "config", ["demo.yaml", "cifar10.yaml", "fashion_mnist.yaml", "fashion_mnist/cpu_small.yaml"]
+)
+def test_last_ckpt_is_the_final_state_when_the_last_validation_is_not_the_best(
+    config: str, tmp_path: Path
+) -> None:
+    """`ebmflow test --ckpt_path .../last.ckpt` and resuming must see the state training ended in; a
+    ModelCheckpoint that monitors a metric writes last.ckpt only when it saves a better checkpoint."""
+    listed = yaml.safe_load((CONF / config).read_text())["trainer"]["callbacks"]
+    callbacks = [
+        ModelCheckpoint(dirpath=tmp_path, **entry.get("init_args", {}))
+        for entry in listed
+        if entry["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
+    ]
+    data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
+    run = L.Trainer(
+        max_steps=6,
+        val_check_interval=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )
+    run.fit(Worsening(), data, data)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 6
+    best = [c for c in callbacks if c.monitor == "val/bpd_uniform"]
+    assert len(best) == 1 and Path(best[0].best_model_path).name == "epoch=0-step=2.ckpt"
