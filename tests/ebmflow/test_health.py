@@ -169,6 +169,7 @@ def test_chain_health_logs_how_close_the_couplings_are_to_the_smoothings_bound(
     direction = torch.outer(torch.linspace(-1, 1, 52), torch.arange(1.0, 13.0))
     with torch.no_grad():
         model.prior.coupling.raw_weight.copy_(sigma * direction / torch.linalg.matrix_norm(direction, 2))
+    model.prior.train().precision()  # one training call: the power iteration finds the rank-one σ_max
     health = ChainHealth(reference=BlockGibbs(steps=5), reference_samples=20, mixing_sweeps=10)
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     run.validate(model, DigitsDataModule(batch_size=64))
