@@ -1,5 +1,6 @@
 """The paper's four configs (a base per dataset and an overlay per prior) build, their parameter counts
-match within 0.1 % (Table 2), and every shipped combination prints a config that builds the same run."""
+match within 0.1 % (Table 2), every shipped combination prints a config that builds the same run, and
+every config that checkpoints leaves the final state in last.ckpt."""
 
 from pathlib import Path
 
@@ -153,15 +154,25 @@ class Worsening(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize(
-    "config", ["demo.yaml", "cifar10.yaml", "fashion_mnist.yaml", "fashion_mnist/cpu_small.yaml"]
-)
+CHECKPOINTING = sorted(path for path in CONF.rglob("*.yaml") if "ModelCheckpoint" in path.read_text())
+
+
+def test_every_config_with_checkpoints_is_checked_below() -> None:
+    assert {path.relative_to(CONF).as_posix() for path in CHECKPOINTING} >= {
+        "demo.yaml",
+        "cifar10.yaml",
+        "fashion_mnist.yaml",
+        "fashion_mnist/cpu_small.yaml",
+    }
+
+
+@pytest.mark.parametrize("config", CHECKPOINTING, ids=lambda path: path.relative_to(CONF).as_posix())
 def test_last_ckpt_is_the_final_state_when_the_last_validation_is_not_the_best(
-    config: str, tmp_path: Path
+    config: Path, tmp_path: Path
 ) -> None:
     """`ebmflow test --ckpt_path .../last.ckpt` and resuming must see the state training ended in; a
     ModelCheckpoint that monitors a metric writes last.ckpt only when it saves a better checkpoint."""
-    listed = yaml.safe_load((CONF / config).read_text())["trainer"]["callbacks"]
+    listed = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
     callbacks = [
         ModelCheckpoint(dirpath=tmp_path, **entry.get("init_args", {}))
         for entry in listed
