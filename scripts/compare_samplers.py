@@ -29,16 +29,17 @@ from ebmflow.callbacks import build_quality_metrics
 from ebmflow.checkpoints import read_checkpoint
 from ebmflow.cli import make_cli
 from ebmflow.health import class_coverage, moment_gap
-from priors import BlockGibbs, ParallelTempering
+from priors import BlockGibbs, ParallelTempering, RBMPrior
 from priors.samplers import RBM, gibbs
 from priors.spins import sample_spins
 
 MODEL_KEYS = ("seed_everything", "trainer", "model", "data")
 BATCH = 500
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
-def load(run: Path):
-    """The run's model (last checkpoint, eval mode) and data module, from its config.yaml."""
+def build(run: Path):
+    """The run's model (untrained) and data module, from its config.yaml."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     # the run's logger and callbacks are not needed here (and older runs' may not parse any more)
     config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in ("logger", "callbacks")}
@@ -48,13 +49,17 @@ def load(run: Path):
         cli = make_cli(
             ["--config", handle.name, "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False
         )
-    model = cli.model
-    model.on_load_checkpoint(checkpoint := read_checkpoint(run / "checkpoints" / "last.ckpt"))
+    return cli.model, cli.datamodule
+
+
+def restore(model, run: Path):
+    """The model with the run's last checkpoint loaded, in eval mode."""
+    model.on_load_checkpoint(checkpoint := read_checkpoint(run / CHECKPOINT))
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), cli.datamodule
+    return model.eval()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,8 +69,17 @@ def main() -> None:
     parser.add_argument(
         "--betas", type=float, nargs="*", default=[], help="also sample the spins from p(s)^β at these β"
     )
-    args = parser.parse_args()
-    model, data = load(args.run)
+    args = parser.parse_args(argv)
+    for needed in (args.run / "config.yaml", args.run / CHECKPOINT):
+        if not needed.is_file():
+            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
+    model, data = build(args.run)
+    if not isinstance(model.prior, RBMPrior):
+        parser.error(
+            f"{args.run} trained a {type(model.prior).__name__}: this script compares the spin samplers of "
+            "an RBM-Flow run (priors.RBMPrior)"
+        )
+    model = restore(model, args.run)
     prior = model.prior
     spins = prior.spin_model()
     chains = prior.sampler.persistent_states()
