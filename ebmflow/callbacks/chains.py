@@ -157,7 +157,10 @@ class ChainHealth(EveryNEpochs):
                     "%.0f%%) at step %d: the RBM has not caught up with the codes the flow gives it, and its "
                     "samples will not look like the data's however well its chains mix. Let the prior learn "
                     "faster (--model.prior_optimizer's lr: the objective is in bits/dim, so an SGD rate acts "
-                    "on nats divided by dims·ln 2), keeping health/chain_lag small.",
+                    "on nats divided by dims·ln 2), keeping health/chain_lag small. A gap there from the "
+                    "first validations on was set by the flow's initial weights in docs/results.md (round "
+                    "6), where a faster prior narrowed it without closing it: compare another "
+                    "--seed_everything.",
                     100 * gap,
                     100 * noise,
                     trainer.global_step,
