@@ -28,7 +28,9 @@ import yaml
 from ebmflow.callbacks import build_quality_metrics
 from ebmflow.checkpoints import read_checkpoint
 from ebmflow.cli import make_cli
+from ebmflow.data import ImageDataModule
 from ebmflow.health import class_coverage, moment_gap
+from ebmflow.module import EBMFlow
 from priors import BlockGibbs, ParallelTempering, RBMPrior
 from priors.samplers import RBM, gibbs
 from priors.spins import sample_spins
@@ -38,7 +40,7 @@ BATCH = 500
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
-def build(run: Path):
+def build(run: Path) -> tuple[EBMFlow, ImageDataModule]:
     """The run's model (untrained) and data module, from its config.yaml."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     # the run's logger and callbacks are not needed here (and older runs' may not parse any more)
@@ -52,7 +54,7 @@ def build(run: Path):
     return cli.model, cli.datamodule
 
 
-def restore(model, run: Path):
+def restore(model: EBMFlow, run: Path) -> EBMFlow:
     """The model with the run's last checkpoint loaded, in eval mode."""
     model.on_load_checkpoint(checkpoint := read_checkpoint(run / CHECKPOINT))
     model.load_state_dict(checkpoint["state_dict"])
