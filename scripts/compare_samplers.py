@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     samplers = {
         "block Gibbs, 50 sweeps from fair coins": lambda n: BlockGibbs(50).sample(spins, n),
         "block Gibbs, 1,000 sweeps from fair coins": lambda n: BlockGibbs(1000).sample(spins, n),
-        "the persistent chains, 50 more sweeps": continued,
+    }
+    if chains is not None:  # a sampler without persistent state (an external one) has no chains to continue
+        samplers["the persistent chains, 50 more sweeps"] = continued
+    samplers |= {
         "parallel tempering, 100 sweeps x 10 replicas": lambda n: ParallelTempering(100, replicas=10).sample(
             spins, n
         ),
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():  # p(s = +1 | z) of the test images: the aggregate posterior
         probabilities = torch.cat([model.encode(part) for part in test_images.split(BATCH)])
 
-    print(f"persistent chains: mean -F {spins.neg_free_energy(chains).mean().item():.1f}")
+    if chains is not None:
+        print(f"persistent chains: mean -F {spins.neg_free_energy(chains).mean().item():.1f}")
     for name, draw in samplers.items():
         torch.manual_seed(0)
         start = time.perf_counter()

@@ -37,3 +37,39 @@ def test_a_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFix
         compare_samplers([str(tmp_path)])
     assert exit.value.code == 2
     assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture, external: bool) -> None:
+    """The script's whole path on a tiny RBM-Flow trained on the bundled digits: one scored row per
+    sampler, and the persistent chains' row only where the training sampler keeps chains (an external
+    sampler keeps none)."""
+    run = tmp_path / "run"
+    last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "last"}}
+    sampler = (
+        {"class_path": "tests.priors.external_sampler.EnumerationSampler", "init_args": {"chains": 8}}
+        if external
+        else TINY["model"]["prior"]["init_args"]["sampler"]
+    )
+    prior = {"class_path": "priors.RBMPrior", "init_args": {"dim": 64, "n_visible": 12, "sampler": sampler}}
+    config = {
+        **TINY,
+        "trainer": {**TINY["trainer"], "default_root_dir": str(run), "callbacks": [last]},
+        "model": {**TINY["model"], "prior": prior},
+    }
+    (path := tmp_path / "rbm.yaml").write_text(yaml.safe_dump(config))
+    ebmflow(["fit", "--config", str(path)])
+    capsys.readouterr()
+
+    compare_samplers([str(run), "--feature", "digits", "--samples", "20"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line.split(": FID")[0] for line in lines if ": FID " in line]
+    chains = [] if external else ["the persistent chains, 50 more sweeps"]
+    assert rows == [
+        "block Gibbs, 50 sweeps from fair coins",
+        "block Gibbs, 1,000 sweeps from fair coins",
+        *chains,
+        "parallel tempering, 100 sweeps x 10 replicas",
+        "the test images' codes, s ~ p(s | z)",
+    ]
+    assert any(line.startswith("persistent chains: mean -F") for line in lines) != external
