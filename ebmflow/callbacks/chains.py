@@ -34,8 +34,8 @@ class ChainHealth(EveryNEpochs):
       Not from the persistent chains: PCD pulls their statistics towards the codes' even when the RBM's
       own equilibrium has run away from both;
     - ``health/coupling_bound`` = σ_max(W) / Δ: how close the couplings are to the smoothing's bound
-      (J̃ ≻ 0 needs it below 1, and W is capped at ``max_ratio``; the paper could not know beforehand
-      which Δ keeps it there, so this says whether the cap, not the data, limits the couplings);
+      (J̃ ≻ 0 needs it below 1, and W is capped at ``max_ratio``: there the cap, not the data, limits the
+      couplings);
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for

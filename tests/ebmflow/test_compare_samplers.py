@@ -1,4 +1,5 @@
-"""scripts/compare_samplers.py refuses, in one line and before reading weights, what it cannot compare."""
+"""scripts/compare_samplers.py on tiny runs of the bundled digits: one scored row per sampler, and a
+one-line refusal, before any weights are read, of what it cannot compare."""
 
 from pathlib import Path
 
@@ -10,16 +11,22 @@ from scripts.compare_samplers import main as compare_samplers
 from tests.ebmflow.helpers import TINY
 
 
-def test_a_run_without_spins_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def fit(tmp_path: Path, prior: dict) -> Path:
+    """A 4-step run of the tiny config with ``prior`` that writes checkpoints/last.ckpt: its directory."""
     run = tmp_path / "run"
     last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "last"}}
     config = {
         **TINY,
         "trainer": {**TINY["trainer"], "default_root_dir": str(run), "callbacks": [last]},
-        "model": {**TINY["model"], "prior": {"class_path": "priors.GaussianPrior", "init_args": {"dim": 64}}},
+        "model": {**TINY["model"], "prior": prior},
     }
-    (path := tmp_path / "gaussian.yaml").write_text(yaml.safe_dump(config))
+    (path := tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     ebmflow(["fit", "--config", str(path)])
+    return run
+
+
+def test_a_run_without_spins_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = fit(tmp_path, {"class_path": "priors.GaussianPrior", "init_args": {"dim": 64}})
     assert (run / "config.yaml").is_file()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not read")  # refused before the weights are read
     capsys.readouterr()
@@ -44,21 +51,13 @@ def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture,
     """The script's whole path on a tiny RBM-Flow trained on the bundled digits: one scored row per
     sampler, and the persistent chains' row only where the training sampler keeps chains (an external
     sampler keeps none)."""
-    run = tmp_path / "run"
-    last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "last"}}
     sampler = (
         {"class_path": "tests.priors.external_sampler.EnumerationSampler", "init_args": {"chains": 8}}
         if external
         else TINY["model"]["prior"]["init_args"]["sampler"]
     )
     prior = {"class_path": "priors.RBMPrior", "init_args": {"dim": 64, "n_visible": 12, "sampler": sampler}}
-    config = {
-        **TINY,
-        "trainer": {**TINY["trainer"], "default_root_dir": str(run), "callbacks": [last]},
-        "model": {**TINY["model"], "prior": prior},
-    }
-    (path := tmp_path / "rbm.yaml").write_text(yaml.safe_dump(config))
-    ebmflow(["fit", "--config", str(path)])
+    run = fit(tmp_path, prior)
     capsys.readouterr()
 
     compare_samplers([str(run), "--feature", "digits", "--samples", "20"])
