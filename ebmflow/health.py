@@ -33,7 +33,7 @@ def integrated_autocorrelation_time(series: Tensor) -> float:
         return 1.0  # a constant series: nothing to correlate
     rho = autocovariance / autocovariance[0]
     tau = 1 + 2 * torch.cumsum(rho[1:], 0)
-    windows = torch.arange(1, length, dtype=tau.dtype)
+    windows = torch.arange(1, length, dtype=tau.dtype, device=tau.device)
     fits = (windows >= SOKAL_WINDOW * tau).nonzero()
     return float(tau[fits[0, 0]] if len(fits) else tau[-1])
 

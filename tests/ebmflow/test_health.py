@@ -27,10 +27,13 @@ def ar1(phi: float, chains: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("phi", [0.0, 0.5, 0.8, 0.95])
-def test_autocorrelation_time_of_ar1_is_one_plus_phi_over_one_minus_phi(phi: float) -> None:
+def test_autocorrelation_time_of_ar1_is_one_plus_phi_over_one_minus_phi(
+    phi: float, device: torch.device
+) -> None:
     """200 chains of 4,000 steps: the estimate's standard error is ~2 % of τ, the tolerance 8 %."""
     exact = (1 + phi) / (1 - phi)
-    assert integrated_autocorrelation_time(ar1(phi, 200, 4000)) == pytest.approx(exact, rel=0.08)
+    series = ar1(phi, 200, 4000).to(device)
+    assert integrated_autocorrelation_time(series) == pytest.approx(exact, rel=0.08)
 
 
 def test_autocorrelation_time_of_a_drifting_chain_is_of_the_order_of_its_length() -> None:
@@ -61,14 +64,23 @@ def test_moment_gap_exact_answers() -> None:
     assert moment_gap(torch.ones(3, 5), torch.ones(4, 2), weight, torch.full((3,), 30.0)) == (0.0, 0.0)
 
 
-def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(tmp_path: Path) -> None:
+def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(
+    tmp_path: Path, device: torch.device
+) -> None:
     """The logged chain log p̃ is −F of the final persistent chains, the lag its difference from the
     fresh run; training is the same with and without the callback."""
 
     def fit(callbacks):
         torch.manual_seed(0)
         model = tiny_model()
-        run = trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=2, callbacks=callbacks)
+        run = trainer(
+            tmp_path,
+            accelerator=device.type,
+            max_epochs=1,
+            limit_train_batches=4,
+            limit_val_batches=2,
+            callbacks=callbacks,
+        )
         run.fit(model, DigitsDataModule(batch_size=64))
         return model, run
 
