@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 
 from ebmflow.data import DigitsDataModule
 from ebmflow.module import NonFiniteLossError
@@ -32,7 +32,11 @@ def test_resume_continues_exactly_from_every_checkpoint(
     after_validation = ModelCheckpoint(checkpoints, monitor="val/bpd_uniform", save_top_k=-1)
     every_5_steps = ModelCheckpoint(checkpoints, filename="{step}", every_n_train_steps=5, save_top_k=-1)
     trainer(
-        tmp_path / "a", max_steps=26, val_check_interval=10, callbacks=[after_validation, every_5_steps]
+        tmp_path / "a",
+        accelerator=device.type,
+        max_steps=26,
+        val_check_interval=10,
+        callbacks=[after_validation, every_5_steps],
     ).fit(straight, DigitsDataModule(**data))
     expected = straight.state_dict()
     cases = {
@@ -64,9 +68,19 @@ def test_training_steps_on_every_device(tmp_path: Path, device: torch.device) ->
         L.seed_everything(0)
         model = tiny_model()
         before = {key: value.clone() for key, value in model.state_dict().items()}
-        run = trainer(tmp_path / precision, accelerator=device.type, max_steps=3, precision=precision)
+        trained_on: set[str] = set()  # (Lightning moves the module back to the CPU when a GPU fit ends)
+        record = LambdaCallback(
+            on_train_batch_end=lambda _, module, *__, seen=trained_on: seen.add(module.device.type)
+        )
+        run = trainer(
+            tmp_path / precision,
+            accelerator=device.type,
+            max_steps=3,
+            precision=precision,
+            callbacks=[record],
+        )
         run.fit(model, DigitsDataModule(batch_size=64))
-        assert model.device.type == device.type
+        assert trained_on == {device.type}
         after = model.state_dict()
         for name, parameter in model.named_parameters():
             assert torch.isfinite(parameter).all(), name

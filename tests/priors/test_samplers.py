@@ -32,13 +32,13 @@ SAMPLERS: dict[str, Callable[[], Sampler]] = {
 }
 
 
-def enumerable_rbm(seed: int = 0) -> RBM:
+def enumerable_rbm(seed: int = 0, device: torch.device | str = "cpu") -> RBM:
     """Couplings strong enough to correlate the spins, on a 1/16 grid so bf16 products are exact."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.round(16 * 0.6 * torch.randn(N_V, N_H, generator=g)) / 16
     bias_v = torch.round(16 * 0.3 * torch.randn(N_V, generator=g)) / 16
     bias_h = torch.round(16 * 0.3 * torch.randn(N_H, generator=g)) / 16
-    return RBM(weight, bias_v, bias_h)
+    return RBM(weight.to(device), bias_v.to(device), bias_h.to(device))
 
 
 def exact_visible_distribution(model: RBM) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +49,7 @@ def exact_visible_distribution(model: RBM) -> tuple[torch.Tensor, torch.Tensor]:
 def chi_square_passes(draws: torch.Tensor, model: RBM) -> tuple[float, float]:
     """(statistic, critical value at ALPHA); bins whose expected count is under 5 are pooled."""
     states, p = exact_visible_distribution(model)
+    states, p, draws = states.cpu(), p.cpu(), draws.cpu()
     codes = ((draws > 0).long() << torch.arange(model.n_visible)).sum(1)
     observed = torch.bincount(codes, minlength=len(states)).double()
     expected = p * len(draws)
@@ -69,26 +70,30 @@ def test_the_model_is_far_from_independent() -> None:
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_independent_draws_match_the_exact_distribution(name: str) -> None:
+def test_independent_draws_match_the_exact_distribution(name: str, device: torch.device) -> None:
     torch.manual_seed(0)
-    sampler, model = SAMPLERS[name](), enumerable_rbm()
+    sampler, model = SAMPLERS[name](), enumerable_rbm(device=device)
     sampler.bind(N_V, N_H)
+    sampler.to(device)
     draws = sampler.sample(model, 20_000)
-    assert draws.shape == (20_000, N_V) and set(draws.unique().tolist()) <= {-1.0, 1.0}
+    assert draws.shape == (20_000, N_V) and draws.device.type == device.type
+    assert set(draws.unique().tolist()) <= {-1.0, 1.0}
     statistic, critical = chi_square_passes(draws, model)
     assert statistic < critical, (statistic, critical)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_negative_phase_matches_the_exact_distribution(name: str) -> None:
+def test_negative_phase_matches_the_exact_distribution(name: str, device: torch.device) -> None:
     """Persistent chains after a few calls (burn-in) sample p(s_v); the calls move them."""
     torch.manual_seed(1)
-    sampler, model = SAMPLERS[name](), enumerable_rbm()
+    sampler, model = SAMPLERS[name](), enumerable_rbm(device=device)
     sampler.bind(N_V, N_H)
+    sampler.to(device)
     first = sampler.negative_phase(model).clone()
     for _ in range(3):
         draws = sampler.negative_phase(model)
-    assert draws.shape == (CHAINS, N_V) and not torch.equal(first, draws)
+    assert draws.shape == (CHAINS, N_V) and draws.device.type == device.type
+    assert not torch.equal(first, draws)
     statistic, critical = chi_square_passes(draws, model)
     assert statistic < critical, (statistic, critical)
 
