@@ -22,6 +22,12 @@ def count_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (GPU kernels run asynchronously)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each case; the cases take turns so that drift hits all alike."""
     for fn in cases.values():
@@ -29,8 +35,10 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[st
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -51,6 +59,9 @@ def report(name: str, results: dict) -> Path:
     return path
 
 
-def describe_machine() -> str:
+def describe_machine(device: str = "cpu") -> str:
     capability = torch.backends.cpu.get_cpu_capability()
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {capability}"
+    machine = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {capability}"
+    if torch.device(device).type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
+    return machine

@@ -1,9 +1,9 @@
-"""Flow++ speed on the CPU, as ratios measured in one run (issue: "Speed").
+"""Flow++ speed on the CPU or a GPU, as ratios measured in one run (issue: "Speed").
 
-    python -m bench.flow_step [--port PATH] [--repeats N] [--train-steps N]
+    python -m bench.flow_step [--port PATH] [--repeats N] [--train-steps N] [--device cpu|cuda] [--batch B]
 
-1. A training step at the paper's size (filters 96, 32 components, 10 blocks, no attention, batch 20,
-   3x32x32, variational dequantizer with 2 blocks as in the public port): GFLOP by
+1. A training step at the paper's size (filters 96, 32 components, 10 blocks, no attention, batch 20 or
+   ``--batch``, 3x32x32, variational dequantizer with 2 blocks as in the public port): GFLOP by
    torch.utils.flop_counter, GFLOP/s in fp32 and bf16-mixed, beside a plain 3x3 convolution of the
    conditioner's size and, with ``--port``, the public PyTorch port (github.com/chrischute/flowplusplus,
    a local checkout; its code is not part of this project) measured in the same run.
@@ -42,13 +42,13 @@ from flows import (
 SHARED_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-def paper_step(bf16: bool, channels_last: bool = False, device: str = "cpu"):
+def paper_step(bf16: bool, channels_last: bool = False, device: str = "cpu", batch: int = 20):
     torch.manual_seed(0)
     flow = FlowPlusPlus((3, 32, 32), filters=96, components=32, blocks=10, dropout=0.2).train().to(device)
     deq = VariationalDequantizer((3, 32, 32), filters=96, blocks=2).train().to(device)
     use_channels_last(flow, channels_last)
     use_channels_last(deq, channels_last)
-    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
 
     def step() -> None:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
@@ -56,34 +56,30 @@ def paper_step(bf16: bool, channels_last: bool = False, device: str = "cpu"):
             z, logdet = flow(to_channels_last(y, channels_last))
             loss = (0.5 * z.square().flatten(1).sum(1) - logdet + log_q).mean()
         loss.backward()
-        if device != "cpu":
-            torch.cuda.synchronize()
 
     return flow, step
 
 
-def conv_case(bf16: bool, backward: bool, device: str = "cpu"):
+def conv_case(bf16: bool, backward: bool, device: str = "cpu", batch: int = 20):
     conv = torch.nn.Conv2d(192, 96, 3, padding=1).to(device)
-    x = torch.randn(20, 192, 32, 16, requires_grad=backward, device=device)
+    x = torch.randn(batch, 192, 32, 16, requires_grad=backward, device=device)
 
     def run() -> None:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = conv(x)
         if backward:
             out.float().sum().backward()
-        if device != "cpu":
-            torch.cuda.synchronize()
 
     return run
 
 
-def port_cases(path: str):
+def port_cases(path: str, batch: int = 20):
     sys.path.insert(0, path)
     from models import FlowPlusPlus as PortFlow  # the port's own package, found through --port
 
     torch.manual_seed(0)
     model = PortFlow(mid_channels=96, num_blocks=10, num_components=32, use_attn=False, drop_prob=0.2)
-    images = torch.randint(0, 256, (20, 3, 32, 32)).float() / 255
+    images = torch.randint(0, 256, (batch, 3, 32, 32)).float() / 255
 
     def step() -> None:
         model.train()
@@ -102,8 +98,6 @@ def sampler(flow: FlowPlusPlus, channels_last: bool, device: str, bf16: bool = F
 
     def sample() -> None:
         decode(flow, torch.randn(20, *flow.out_shape, device=device), channels_last, bf16)
-        if device != "cpu":
-            torch.cuda.synchronize()
 
     return sample
 
@@ -115,11 +109,11 @@ def decode(flow: FlowPlusPlus, z: torch.Tensor, channels_last: bool, bf16: bool)
 
 
 def speed(args) -> dict:
-    device = args.device
-    flow, fp32_step = paper_step(bf16=False, device=device)
-    _, bf16_step = paper_step(bf16=True, device=device)
-    flow_nhwc, fp32_nhwc_step = paper_step(bf16=False, channels_last=True, device=device)
-    _, bf16_nhwc_step = paper_step(bf16=True, channels_last=True, device=device)
+    device, batch = args.device, args.batch
+    flow, fp32_step = paper_step(bf16=False, device=device, batch=batch)
+    _, bf16_step = paper_step(bf16=True, device=device, batch=batch)
+    flow_nhwc, fp32_nhwc_step = paper_step(bf16=False, channels_last=True, device=device, batch=batch)
+    _, bf16_nhwc_step = paper_step(bf16=True, channels_last=True, device=device, batch=batch)
     flow.eval()
     flow_nhwc.eval()
     cases = {
@@ -131,18 +125,18 @@ def speed(args) -> dict:
         "ours sample 20 channels_last": sampler(flow_nhwc, True, device),
         "ours sample 20 bf16-mixed": sampler(flow, False, device, bf16=True),
         "ours sample 20 bf16-mixed channels_last": sampler(flow_nhwc, True, device, bf16=True),
-        "conv fp32 fwd+bwd": conv_case(False, True, device),
-        "conv fp32 fwd": conv_case(False, False, device),
-        "conv bf16 fwd+bwd": conv_case(True, True, device),
-        "conv bf16 fwd": conv_case(True, False, device),
+        "conv fp32 fwd+bwd": conv_case(False, True, device, batch),
+        "conv fp32 fwd": conv_case(False, False, device, batch),
+        "conv bf16 fwd+bwd": conv_case(True, True, device, batch),
+        "conv bf16 fwd": conv_case(True, False, device, batch),
     }
     if args.port:
-        cases["port fp32 step"], cases["port sample 20"] = port_cases(args.port)
+        cases["port fp32 step"], cases["port sample 20"] = port_cases(args.port, batch)
     flow.train()
     flops = {
         "ours step": count_flops(fp32_step),
-        "conv fwd+bwd": count_flops(conv_case(False, True, device)),
-        "conv fwd": count_flops(conv_case(False, False, device)),
+        "conv fwd+bwd": count_flops(conv_case(False, True, device, batch)),
+        "conv fwd": count_flops(conv_case(False, False, device, batch)),
     }
     if args.port:
         flops["port step"] = count_flops(cases["port fp32 step"])
@@ -332,12 +326,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=20, help="images per training step (speed rows only)")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=1000)
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as the ebmflow command does
-    results = {"machine": describe_machine(), "speed": speed(args)}
+    results = {"machine": describe_machine(args.device), "speed": speed(args)}
     print(results["speed"])
     if SHARED_CIFAR.exists():
         results["short training on CIFAR-10"], trained = short_training(args)

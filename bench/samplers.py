@@ -39,8 +39,6 @@ def sweep_case(model: RBM, chains: int, sweeps: int, dtype: torch.dtype):
 
     def run() -> None:
         gibbs(model, start, sweeps, dtype=dtype)
-        if start.is_cuda:
-            torch.cuda.synchronize()
 
     return run
 
@@ -91,7 +89,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    results = {"machine": f"{describe_machine()}, device {args.device}"}
+    results = {"machine": describe_machine(args.device)}
     for dim in (784, 3072):
         results[f"sweeps against chains, N = {dim}"] = chain_curve(
             dim, args.device, args.sweeps, args.repeats
