@@ -57,9 +57,10 @@ class RBM:
 
 
 def _leading(beta: float | Tensor, like: Tensor) -> Tensor:
-    """β in ``like``'s dtype: a scalar, or one value per replica shaped (R, 1, 1) to broadcast over
-    (R, chains, units)."""
-    beta = torch.as_tensor(beta, dtype=like.dtype, device=like.device)
+    """β in ``like``'s dtype and device: a scalar, or one value per replica shaped (R, 1, 1) to broadcast
+    over (R, chains, units). A number is filled in on the device, not copied from the host: on a GPU
+    such a copy waits for all queued work, which would stall every sweep."""
+    beta = beta.to(like) if isinstance(beta, Tensor) else like.new_full((), beta)
     return beta.reshape(-1, 1, 1) if beta.dim() else beta
 
 

@@ -98,6 +98,22 @@ def test_negative_phase_matches_the_exact_distribution(name: str, device: torch.
     assert statistic < critical, (statistic, critical)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_block_gibbs_on_a_gpu_never_waits_for_it() -> None:
+    """The sweeps are queued without a host synchronisation (a sweep's ~20 small kernels are cheap only
+    when the host runs ahead of the GPU): PyTorch raises on any synchronising call in this mode."""
+    sampler, model = BlockGibbs(steps=5, chains=8, restart=0.5), enumerable_rbm(device="cuda")
+    sampler.bind(N_V, N_H)
+    sampler.to("cuda")
+    sampler.negative_phase(model)  # lazy initialisation on the first call may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sampler.negative_phase(model)
+        sampler.sample(model, 16)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a_wrong_distribution_fails_the_chi_square() -> None:
     """The check has power: draws from a model with the couplings halved are rejected."""
     torch.manual_seed(0)
