@@ -91,6 +91,7 @@ def ais_schedules(device: str) -> dict:
     results = {}
     for steps, chains in ((100, 100), (300, 100), (1000, 100)):
         torch.manual_seed(0)
+        synchronize()
         start = time.perf_counter()
         value, stderr = prior.estimate_log_partition(method="ais", steps=steps, chains=chains)
         synchronize()

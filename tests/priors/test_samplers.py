@@ -105,7 +105,7 @@ def test_block_gibbs_on_a_gpu_never_waits_for_it() -> None:
     sampler, model = BlockGibbs(steps=5, chains=8, restart=0.5), enumerable_rbm(device="cuda")
     sampler.bind(N_V, N_H)
     sampler.to("cuda")
-    sampler.negative_phase(model)  # lazy initialisation on the first call may synchronise
+    sampler.negative_phase(model)  # CUDA's and cuBLAS's warm-up on a first call may synchronise
     torch.cuda.set_sync_debug_mode("error")
     try:
         sampler.negative_phase(model)
