@@ -173,6 +173,7 @@ def speed(args) -> dict:
         ratios["ours sample / port sample"] = seconds["ours sample 20"] / seconds["port sample 20"]
         ratios["port sample 20 / port step"] = seconds["port sample 20"] / seconds["port fp32 step"]
     return {
+        "batch": batch,
         "seconds": seconds,
         "GFLOP": {k: v / 1e9 for k, v in flops.items()},
         "GFLOP/s": gflops,
