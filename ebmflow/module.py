@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from ebmflow.callbacks.averaging import LIVE_PRIOR_KEY, PriorAveraging
 from ebmflow.loggers import CSVLogger
 from ebmflow.optim import CombinedOptimizer
 from flows import Dequantizer, FlowPlusPlus, UniformDequantizer, to_channels_last, use_channels_last
@@ -120,6 +121,7 @@ class EBMFlow(L.LightningModule):
         self.dims = dims
         self.skipped_batches = 0
         self.wall_seconds = 0.0  # training time, carried across resumes
+        self._averaged_checkpoint = False  # loaded from a checkpoint that PriorAveraging wrote
         self._test_bpd: list[Tensor] = []
 
     # ----------------------------------------------------------------------------------------- setup
@@ -366,6 +368,7 @@ class EBMFlow(L.LightningModule):
         }
         self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
         self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
+        self._averaged_checkpoint = LIVE_PRIOR_KEY in checkpoint
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
@@ -374,6 +377,14 @@ class EBMFlow(L.LightningModule):
         if rng:
             set_random_state(rng, self.device)
             self._rng_to_restore = None
+        if self._averaged_checkpoint and not any(
+            isinstance(callback, PriorAveraging) for callback in self.trainer.callbacks
+        ):
+            raise ValueError(
+                f"{self.trainer.ckpt_path} was written with ebmflow.callbacks.PriorAveraging: its state_dict "
+                "holds the averaged prior, not the one training left. Resume with the same callback "
+                "(--trainer.callbacks+=ebmflow.callbacks.PriorAveraging), as the run's config.yaml has it."
+            )
         if self.trainer.ckpt_path is not None:  # resumed: the interrupted run's later rows are superseded
             for logger in self.loggers:
                 if isinstance(logger, CSVLogger):

@@ -6,8 +6,10 @@ Each is configured like any Lightning callback (``--trainer.callbacks+=ebmflow.c
 works under DDP (the work runs on rank 0; log Z is broadcast) and does nothing in ``fast_dev_run``
 unless ``in_fast_dev_run`` is set.
 
-One module per concern (partition, quality, grids, codes, chains); each is imported when its callback
-is first named, so a run pays only for the libraries (torchmetrics, scikit-learn…) it uses.
+``PriorAveraging`` evaluates the model with the prior's parameters averaged over recent updates.
+
+One module per concern (partition, quality, grids, codes, chains, averaging); each is imported when its
+callback is first named, so a run pays only for the libraries (torchmetrics, scikit-learn…) it uses.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "ChainHealth",
     "CodeNMI",
     "LogPartitionEstimate",
+    "PriorAveraging",
     "SampleGrids",
     "SampleQuality",
     "build_quality_metrics",
@@ -27,6 +30,7 @@ _HOME = {
     "ChainHealth": "chains",
     "CodeNMI": "codes",
     "LogPartitionEstimate": "partition",
+    "PriorAveraging": "averaging",
     "SampleGrids": "grids",
     "SampleQuality": "quality",
     "build_quality_metrics": "quality",
