@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 
 from ebmflow.callbacks import build_quality_metrics
 from ebmflow.checkpoints import read_checkpoint
@@ -59,6 +62,72 @@ def restore(model: EBMFlow, run: Path) -> EBMFlow:
     model.on_load_checkpoint(checkpoint := read_checkpoint(run / CHECKPOINT))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+@dataclass
+class Yardstick:
+    """What samples are scored against: FID's test-split statistics and the classifier (``fid``,
+    ``inception``), the test split's predicted classes (``real``) and the test images whose codes the
+    moment gap compares with (``images``)."""
+
+    fid: FrechetInceptionDistance
+    inception: InceptionScore
+    real: torch.Tensor
+    images: torch.Tensor
+
+
+def yardstick(data: ImageDataModule, feature: str, samples: int) -> Yardstick:
+    """The test split of ``data`` measured once through ``feature``'s network, and its first ``samples``
+    images."""
+    fid, inception = build_quality_metrics(feature)
+    data.setup("test")
+    real = []
+    with torch.no_grad():
+        for images, _ in data.test_dataloader():
+            fid.update(images, real=True)
+            real.append(inception.inception(images).argmax(1))
+    images = torch.cat([images for images, _ in data.test_dataloader()])[:samples]
+    return Yardstick(fid, inception, torch.cat(real), images)
+
+
+def posterior(model: EBMFlow, images: torch.Tensor) -> torch.Tensor:
+    """p(s_i = +1 | z) of ``images`` under the model's current prior: (n, N)."""
+    return torch.cat([model.encode(part) for part in images.split(BATCH)])
+
+
+def score(model: EBMFlow, ruler: Yardstick, s: torch.Tensor, probabilities: torch.Tensor) -> dict[str, float]:
+    """Decode the spins ``s`` ((n, N), visible units first) to images and score them: FID, IS, class
+    coverage, the visible spins' mean −F and their moment gap (and its noise) against the codes
+    ``probabilities`` (``posterior`` of the yardstick's images)."""
+    spins = model.prior.spin_model()
+    s_v = s[:, : model.prior.n_visible]
+    images = torch.cat([model.decode(model.prior.sample_given(part)) for part in s.split(BATCH)])
+    ruler.fid.reset()
+    ruler.inception.reset()
+    ruler.fid.update(images, real=False)
+    ruler.inception.update(images)
+    coverage = class_coverage(
+        ruler.inception.inception(images).argmax(1), ruler.real, len(ruler.real.unique())
+    )
+    inception_score, _ = ruler.inception.compute()
+    gap, noise = moment_gap(2 * probabilities - 1, s_v, spins.weight, spins.bias_h)
+    return {
+        "fid": ruler.fid.compute().item(),
+        "is": inception_score.item(),
+        **coverage,
+        "neg_free_energy": spins.neg_free_energy(s_v).mean().item(),
+        "moment_gap": gap,
+        "moment_noise": noise,
+    }
+
+
+def describe(row: dict[str, float]) -> str:
+    """One line of a ``score`` row."""
+    return (
+        f"FID {row['fid']:.1f}, IS {row['is']:.2f}, classes ≥ 2 % {row['classes']:.0f}, largest share "
+        f"{row['max_share']:.2f}, KL {row['kl']:.3f}, mean -F {row['neg_free_energy']:.1f}, moment gap "
+        f"{row['moment_gap']:.2f} ({row['moment_noise']:.2f})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,18 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         name = f"parallel tempering, 100 sweeps x 10 replicas, at β = {beta}"
         spin_models[name] = colder = RBM(spins.weight * beta, spins.bias_v * beta, spins.bias_h * beta)
         samplers[name] = lambda n, colder=colder: ParallelTempering(100, replicas=10).sample(colder, n)
-    fid, inception = build_quality_metrics(args.feature)
-    data.setup("test")
-    real = []
-    with torch.no_grad():
-        for images, _ in data.test_dataloader():
-            fid.update(images, real=True)
-            real.append(inception.inception(images).argmax(1))
-    real = torch.cat(real)
-    test_images = torch.cat([images for images, _ in data.test_dataloader()])[: args.samples]
-
+    ruler = yardstick(data, args.feature, args.samples)
     with torch.no_grad():  # p(s = +1 | z) of the test images: the aggregate posterior
-        probabilities = torch.cat([model.encode(part) for part in test_images.split(BATCH)])
+        probabilities = posterior(model, ruler.images)
 
     if chains is not None:
         print(f"persistent chains: mean -F {spins.neg_free_energy(chains).mean().item():.1f}")
@@ -133,20 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                 s_v = torch.cat([draw(BATCH) for _ in range(-(-args.samples // BATCH))])[: args.samples]
                 drawn_from = spin_models.get(name, spins)
                 s = torch.cat([s_v, sample_spins(s_v @ drawn_from.weight + drawn_from.bias_h)], 1)
-            images = torch.cat([model.decode(prior.sample_given(part)) for part in s.split(BATCH)])
-            fid.reset()
-            inception.reset()
-            fid.update(images, real=False)
-            inception.update(images)
-            coverage = class_coverage(inception.inception(images).argmax(1), real, len(real.unique()))
-            score, _ = inception.compute()
-            gap, noise = moment_gap(2 * probabilities - 1, s_v, spins.weight, spins.bias_h)
-        print(
-            f"{name}: FID {fid.compute().item():.1f}, IS {score.item():.2f}, classes ≥ 2 % "
-            f"{coverage['classes']:.0f}, largest share {coverage['max_share']:.2f}, KL {coverage['kl']:.3f}, "
-            f"mean -F {spins.neg_free_energy(s_v).mean().item():.1f}, moment gap {gap:.2f} ({noise:.2f}) "
-            f"({time.perf_counter() - start:.0f} s)"
-        )
+            row = score(model, ruler, s, probabilities)
+        print(f"{name}: {describe(row)} ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["LIVE_PRIOR_KEY", "PriorAveraging"]
 
@@ -39,34 +39,49 @@ class PriorAveraging(L.Callback):
         self.average: dict[str, Tensor] | None = None
         self._live: dict[str, Tensor] | None = None  # held while an evaluation runs on the average
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        parameters = dict(pl_module.prior.named_parameters())
+    def start(self, prior: nn.Module) -> None:
+        """Begin the average at ``prior``'s parameters (or, restored from a checkpoint, go on with it on
+        their device)."""
+        parameters = dict(prior.named_parameters())
         if self.average is None:
             self.average = {name: p.detach().clone() for name, p in parameters.items()}
-        else:  # restored from a checkpoint, possibly on another device
+        else:
             self.average = {name: a.to(parameters[name].device) for name, a in self.average.items()}
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        for name, p in pl_module.prior.named_parameters():
+    def update(self, prior: nn.Module) -> None:
+        """One step of the average towards ``prior``'s parameters."""
+        for name, p in prior.named_parameters():
             self.average[name].lerp_(p, 1 - self.decay)
 
     @torch.no_grad()
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.average is None:  # not fitting: the checkpoint's prior is the average already
-            return
-        parameters = dict(pl_module.prior.named_parameters())
+    def apply(self, prior: nn.Module) -> None:
+        """Put the average in place of ``prior``'s parameters, keeping the live ones until ``restore``."""
+        parameters = dict(prior.named_parameters())
         self._live = {name: p.detach().clone() for name, p in parameters.items()}
         for name, p in parameters.items():
             p.copy_(self.average[name])
 
     @torch.no_grad()
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._live is None:
-            return
-        for name, p in pl_module.prior.named_parameters():
+    def restore(self, prior: nn.Module) -> None:
+        """Put back the live parameters that ``apply`` kept."""
+        for name, p in prior.named_parameters():
             p.copy_(self._live[name])
         self._live = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start(pl_module.prior)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self.update(pl_module.prior)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.average is not None:  # not fitting: the checkpoint's prior is the average already
+            self.apply(pl_module.prior)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._live is not None:
+            self.restore(pl_module.prior)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.average is None:

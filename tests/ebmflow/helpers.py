@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import yaml
 from PIL import Image
 
+from ebmflow.command import main as ebmflow
 from ebmflow.module import EBMFlow
 from flows import FlowPlusPlus
 from priors import BlockGibbs, RBMPrior
@@ -41,6 +43,20 @@ TINY = {
     },
     "data": {"class_path": "ebmflow.data.DigitsDataModule", "init_args": {"batch_size": 32}},
 }
+
+
+def fit_run(tmp_path: Path, prior: dict) -> Path:
+    """A 4-step run of the tiny config with ``prior`` that writes checkpoints/last.ckpt: its directory."""
+    run = tmp_path / "run"
+    last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "last"}}
+    config = {
+        **TINY,
+        "trainer": {**TINY["trainer"], "default_root_dir": str(run), "callbacks": [last]},
+        "model": {**TINY["model"], "prior": prior},
+    }
+    (path := tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    ebmflow(["fit", "--config", str(path)])
+    return run
 
 
 def tiny_model(prior=None, **kwargs) -> EBMFlow:

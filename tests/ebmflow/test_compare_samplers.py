@@ -6,27 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebmflow.command import main as ebmflow
 from scripts.compare_samplers import main as compare_samplers
-from tests.ebmflow.helpers import TINY
-
-
-def fit(tmp_path: Path, prior: dict) -> Path:
-    """A 4-step run of the tiny config with ``prior`` that writes checkpoints/last.ckpt: its directory."""
-    run = tmp_path / "run"
-    last = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "last"}}
-    config = {
-        **TINY,
-        "trainer": {**TINY["trainer"], "default_root_dir": str(run), "callbacks": [last]},
-        "model": {**TINY["model"], "prior": prior},
-    }
-    (path := tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    ebmflow(["fit", "--config", str(path)])
-    return run
+from tests.ebmflow.helpers import TINY, fit_run
 
 
 def test_a_run_without_spins_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run = fit(tmp_path, {"class_path": "priors.GaussianPrior", "init_args": {"dim": 64}})
+    run = fit_run(tmp_path, {"class_path": "priors.GaussianPrior", "init_args": {"dim": 64}})
     assert (run / "config.yaml").is_file()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not read")  # refused before the weights are read
     capsys.readouterr()
@@ -57,7 +42,7 @@ def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture,
         else TINY["model"]["prior"]["init_args"]["sampler"]
     )
     prior = {"class_path": "priors.RBMPrior", "init_args": {"dim": 64, "n_visible": 12, "sampler": sampler}}
-    run = fit(tmp_path, prior)
+    run = fit_run(tmp_path, prior)
     capsys.readouterr()
 
     compare_samplers([str(run), "--feature", "digits", "--samples", "20"])
