@@ -1,6 +1,6 @@
 """Train a run's RBM on with its flow frozen, and score its samples as it goes (docs/results.md, round 9).
 
-    python scripts/frozen_flow.py RUN_DIR [--steps 1500] [--every 250] [--average 0.99 0.999]
+    python -m scripts.frozen_flow RUN_DIR [--steps 1500] [--every 250] [--average 0.99 0.999]
         [--control-seeds 6] [--feature fashion_mnist] [--samples 2000] [--out FILE.jsonl]
 
 From RUN_DIR's checkpoints/last.ckpt the prior alone trains on as in the run: its optimiser from the

@@ -22,9 +22,11 @@ class PriorAveraging(L.Callback):
     training goes on. Checkpoints hold the average in their ``state_dict``, so ``ebmflow test``,
     ``sample``, ``predict`` and anything else that loads a checkpoint evaluates the averaged prior; the
     live parameters travel beside it (``ebmflow_live_prior``), and a fit resumed with this callback
-    trains on from them. The flow and every buffer (the PCD chains among them) are not averaged.
+    trains on from them. The flow and every buffer (the PCD chains among them) are not averaged. The
+    log Z estimate a validation leaves is the average's, so ``train/objective`` (whose log Z is only a
+    label: its gradient comes from the chains) shifts by the difference until the next one.
 
-    Why (docs/results.md, round 9): with the flow frozen, an RBM trained on by PCD at the configs' rate
+    Why (docs/results.md, round 9): with the flow frozen, an RBM trained on by PCD at round 4b's rate
     keeps moving its samples' class mix from one evaluation to the next (FID 2–2.5x apart), while the
     same trajectory averaged over about 100 updates does not.
 
