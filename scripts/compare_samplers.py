@@ -64,6 +64,19 @@ def restore(model: EBMFlow, run: Path) -> EBMFlow:
     return model.eval()
 
 
+def open_rbm_run(parser: argparse.ArgumentParser, run: Path, purpose: str) -> tuple[EBMFlow, ImageDataModule]:
+    """The RBM-Flow run in ``run`` with its last checkpoint loaded, and its data; or a one-line
+    ``parser.error`` naming the missing file, or the prior the run trained instead (``purpose`` says what
+    needed an RBM)."""
+    for needed in (run / "config.yaml", run / CHECKPOINT):
+        if not needed.is_file():
+            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
+    model, data = build(run)
+    if not isinstance(model.prior, RBMPrior):
+        parser.error(f"{run} trained a {type(model.prior).__name__}: {purpose} (priors.RBMPrior)")
+    return restore(model, run), data
+
+
 @dataclass
 class Yardstick:
     """What samples are scored against: FID's test-split statistics and the classifier (``fid``,
@@ -141,16 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "--betas", type=float, nargs="*", default=[], help="also sample the spins from p(s)^β at these β"
     )
     args = parser.parse_args(argv)
-    for needed in (args.run / "config.yaml", args.run / CHECKPOINT):
-        if not needed.is_file():
-            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
-    model, data = build(args.run)
-    if not isinstance(model.prior, RBMPrior):
-        parser.error(
-            f"{args.run} trained a {type(model.prior).__name__}: this script compares the spin samplers of "
-            "an RBM-Flow run (priors.RBMPrior)"
-        )
-    model = restore(model, args.run)
+    model, data = open_rbm_run(parser, args.run, "this script compares the spin samplers of an RBM-Flow run")
     prior = model.prior
     spins = prior.spin_model()
     chains = prior.sampler.persistent_states()

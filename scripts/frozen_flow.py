@@ -29,9 +29,8 @@ from torch import Tensor
 from ebmflow.callbacks import PriorAveraging
 from ebmflow.callbacks.base import fixed_noise
 from ebmflow.module import EBMFlow
-from priors import RBMPrior
 from priors.spins import sample_spins
-from scripts.compare_samplers import BATCH, CHECKPOINT, build, describe, posterior, restore, score, yardstick
+from scripts.compare_samplers import BATCH, describe, open_rbm_run, posterior, score, yardstick
 
 
 def train_prior(
@@ -75,22 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=12345, help="the training batches' order and noise")
     parser.add_argument("--out", type=Path, help="a new file for the rows as JSON lines")
     args = parser.parse_args(argv)
-    for needed in (args.run / "config.yaml", args.run / CHECKPOINT):
-        if not needed.is_file():
-            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists: give --out a new file (this script never overwrites one)")
     if args.steps < 0 or args.every < 1 or args.control_seeds < 0:
         parser.error("--steps must be >= 0, --every >= 1 and --control-seeds >= 0")
     if not all(0 < decay < 1 for decay in args.average):
         parser.error(f"--average takes decays in (0, 1), got {args.average}")
-    model, data = build(args.run)
-    if not isinstance(model.prior, RBMPrior):
-        parser.error(
-            f"{args.run} trained a {type(model.prior).__name__}: this script trains an RBM-Flow run's "
-            "prior (priors.RBMPrior)"
-        )
-    model = restore(model, args.run)
+    model, data = open_rbm_run(parser, args.run, "this script trains an RBM-Flow run's prior")
     prior = model.prior
     ruler = yardstick(data, args.feature, args.samples)
     averages = [PriorAveraging(decay) for decay in args.average]
