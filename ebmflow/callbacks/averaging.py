@@ -22,7 +22,8 @@ class PriorAveraging(L.Callback):
     training goes on. Checkpoints hold the average in their ``state_dict``, so ``ebmflow test``,
     ``sample``, ``predict`` and anything else that loads a checkpoint evaluates the averaged prior; the
     live parameters travel beside it (``ebmflow_live_prior``), and a fit resumed with this callback
-    trains on from them. The flow and every buffer (the PCD chains among them) are not averaged. The
+    trains on from them (weights-only checkpoints, for which Lightning calls no callback, are refused at
+    the start). The flow and every buffer (the PCD chains among them) are not averaged. The
     log Z estimate a validation leaves is the average's, so ``train/objective`` (whose log Z is only a
     label: its gradient comes from the chains) shifts by the difference until the next one.
 
@@ -72,6 +73,12 @@ class PriorAveraging(L.Callback):
         self._live = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if any(getattr(callback, "save_weights_only", False) for callback in trainer.checkpoint_callbacks):
+            # Lightning calls no callback for a weights-only checkpoint: it would hold the live prior
+            raise ValueError(
+                "PriorAveraging cannot put the averaged prior into weights-only checkpoints: drop "
+                "save_weights_only from the ModelCheckpoint callbacks, or PriorAveraging"
+            )
         self.start(pl_module.prior)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

@@ -108,6 +108,20 @@ def test_resuming_an_averaged_checkpoint_without_the_callback_stops(tmp_path: Pa
         )
 
 
+def test_weights_only_checkpoints_are_refused_before_training(tmp_path: Path) -> None:
+    """Lightning calls no callback when it writes a weights-only checkpoint, which would then hold the
+    live prior as if it were the average."""
+    weights_only = ModelCheckpoint(tmp_path / "ck", save_weights_only=True)
+    model = tiny_model()
+    before = prior_state(model)
+    with pytest.raises(ValueError, match="save_weights_only"):
+        trainer(tmp_path, max_steps=2, callbacks=[PriorAveraging(), weights_only]).fit(
+            model, DigitsDataModule(batch_size=64)
+        )
+    assert all(torch.equal(p, before[name]) for name, p in prior_state(model).items())
+    assert not (tmp_path / "ck").exists()
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
 def test_decay_outside_the_open_interval_is_refused(decay: float) -> None:
     with pytest.raises(ValueError, match="decay"):
