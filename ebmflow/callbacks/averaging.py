@@ -28,8 +28,8 @@ class PriorAveraging(L.Callback):
     label: its gradient comes from the chains) shifts by the difference until the next one.
 
     Why (docs/results.md, round 9): with the flow frozen, an RBM trained on by PCD at round 4b's rate
-    keeps moving its samples' class mix from one evaluation to the next (FID 2–2.5x apart), while the
-    same trajectory averaged over about 100 updates does not.
+    kept moving its samples' class mix between evaluations at two of three seeds (FID 2.3–2.5x apart),
+    while the same trajectories averaged over about 100 updates did not.
 
     Args:
         decay: the weight the average keeps at each step (0.99: about the last 100 updates).
