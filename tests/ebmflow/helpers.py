@@ -1,5 +1,6 @@
-"""Shared pieces of the application tests: a tiny RBM-Flow on the bundled digits (as a config and as a
-module) and a quiet CPU Trainer, small enough for a 2-core CI machine."""
+"""Shared pieces of the application tests: a tiny RBM-Flow on the bundled digits (as a config, as a
+module and as a 4-step run directory, for the scripts that read one) and a quiet CPU Trainer, small
+enough for a 2-core CI machine."""
 
 import io
 import tarfile
