@@ -66,8 +66,33 @@ def test_cpu_variant_composes_after_each_prior() -> None:
         assert cli.model.flow.in_shape == (1, 28, 28) and cli.model.prior.dim == 784
         assert type(cli.model.prior).__name__.lower().startswith(name)
         assert count_parameters(cli.model.flow) < 1_000_000
-        kinds = {type(c).__name__ for c in cli.trainer.callbacks}
-        assert {"SampleQuality", "CodeNMI", "LogPartitionEstimate", "SampleGrids"} <= kinds
+        kinds = [type(c).__name__ for c in cli.trainer.callbacks]
+        assert {"SampleQuality", "CodeNMI", "LogPartitionEstimate", "SampleGrids"} <= set(kinds)
+        assert kinds.count("ModelCheckpoint") == 2  # the base config's, which cpu_small.yaml adds to
+
+
+@pytest.mark.parametrize("last", ["prior_averaging", "cpu_small"])
+def test_the_opt_in_rbm_overlays_compose_in_either_order(last: str) -> None:
+    """rbm_restart.yaml and prior_averaging.yaml give the README's averaged-prior runs' setting, whether
+    the CPU variant comes before or after them (a list that replaced the callbacks would drop one)."""
+    overlays = {
+        "cpu_small": CONF / "fashion_mnist" / "cpu_small.yaml",
+        "prior_averaging": CONF / "prior_averaging.yaml",
+    }
+    first = next(name for name in overlays if name != last)
+    cli = build(
+        *paper("fashion_mnist", "rbm"),
+        CONF / "fashion_mnist" / "rbm_restart.yaml",
+        overlays[first],
+        overlays[last],
+    )
+    sgd = cli.model.configure_optimizers().optimizers[1]
+    assert sgd.param_groups[0]["lr"] == 0.03 and sgd.param_groups[0]["momentum"] == 0.9
+    assert cli.model.prior.sampler.restart == 0.2 and cli.model.prior.sampler.num_chains == 100
+    averaging = [c for c in cli.trainer.callbacks if type(c).__name__ == "PriorAveraging"]
+    assert len(averaging) == 1 and averaging[0].decay == 0.99
+    kinds = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert kinds.count("ModelCheckpoint") == 2 and {"SampleQuality", "ChainHealth"} <= set(kinds)
 
 
 def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
@@ -97,6 +122,15 @@ COMBINATIONS = [
     *[paper(dataset, name) for dataset in DATASETS for name in PRIORS],
     *[(*paper("fashion_mnist", name), CONF / "fashion_mnist" / "cpu_small.yaml") for name in PRIORS],
     (*paper("cifar10", "rbm"), CONF / "wandb.yaml"),
+    (
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_restart", "cpu_small")),
+    ),
+    (
+        *paper("fashion_mnist", "rbm"),
+        CONF / "fashion_mnist" / "rbm_restart.yaml",
+        CONF / "prior_averaging.yaml",
+    ),
 ]
 
 
@@ -162,7 +196,6 @@ def test_every_config_with_checkpoints_is_checked_below() -> None:
         "demo.yaml",
         "cifar10.yaml",
         "fashion_mnist.yaml",
-        "fashion_mnist/cpu_small.yaml",
     }
 
 
