@@ -73,6 +73,13 @@ class PriorAveraging(L.Callback):
         self._live = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        copies = sum(isinstance(callback, PriorAveraging) for callback in trainer.callbacks)
+        if copies > 1:  # each would keep the other's average as the live parameters and train on from it
+            raise ValueError(
+                f"PriorAveraging is given {copies} times in trainer.callbacks (each --config "
+                "conf/prior_averaging.yaml or --trainer.callbacks+=ebmflow.callbacks.PriorAveraging adds "
+                "one): keep one"
+            )
         if any(getattr(callback, "save_weights_only", False) for callback in trainer.checkpoint_callbacks):
             # Lightning calls no callback for a weights-only checkpoint: it would hold the live prior
             raise ValueError(

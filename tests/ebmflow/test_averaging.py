@@ -122,6 +122,18 @@ def test_weights_only_checkpoints_are_refused_before_training(tmp_path: Path) ->
     assert not (tmp_path / "ck").exists()
 
 
+def test_a_second_prior_averaging_is_refused_before_training(tmp_path: Path) -> None:
+    """Two copies (conf/prior_averaging.yaml and --trainer.callbacks+=...) would each keep the other's
+    parameters as the live ones: after a validation training would go on from an average."""
+    model = tiny_model()
+    before = prior_state(model)
+    with pytest.raises(ValueError, match="PriorAveraging is given 2 times"):
+        trainer(tmp_path, max_steps=2, callbacks=[PriorAveraging(), PriorAveraging(0.9)]).fit(
+            model, DigitsDataModule(batch_size=64)
+        )
+    assert all(torch.equal(p, before[name]) for name, p in prior_state(model).items())
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
 def test_decay_outside_the_open_interval_is_refused(decay: float) -> None:
     with pytest.raises(ValueError, match="decay"):
