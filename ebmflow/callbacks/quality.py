@@ -57,7 +57,8 @@ class SampleQuality(EveryNEpochs):
     ``val/coverage_max_share``: the largest class's share; ``val/coverage_kl``: KL(samples ‖ test split)
     of the predicted-class histograms), with a warning in the log when the samples cover fewer classes
     than the data or one class holds over twice the data's largest share. The feature network is built
-    with the callback, so a missing Inception download fails before training. Samples are drawn in
+    with the callback, so a missing Inception download fails before training, as does a shipped
+    classifier made for other images than the model's. Samples are drawn in
     batches on the module's device, split over ranks; torchmetrics synchronises the statistics.
 
     Args:
@@ -93,6 +94,15 @@ class SampleQuality(EveryNEpochs):
         return (
             images.expand(-1, 3, -1, -1) if self.feature == "inception" and images.shape[1] == 1 else images
         )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        shape, expected = tuple(pl_module.flow.in_shape), CLASSIFIER_SHAPES.get(self.feature)
+        if expected is not None and shape != expected:  # else it fails only at the first validation
+            fitting = sorted(name for name, size in CLASSIFIER_SHAPES.items() if size == shape)
+            raise ValueError(
+                f"SampleQuality(feature={self.feature!r}) classifies {expected} images but the model makes "
+                f"{shape} ones: use feature={' or '.join(map(repr, [*fitting, 'inception']))}"
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):

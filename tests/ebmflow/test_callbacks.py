@@ -134,3 +134,14 @@ def test_sample_quality_callback_in_a_fit(tmp_path: Path) -> None:
     run.fit(tiny_model(), DigitsDataModule(batch_size=64))
     fid, score = run.callback_metrics["val/fid"].item(), run.callback_metrics["val/is"].item()
     assert math.isfinite(fid) and fid > 0 and 1 <= score <= 10
+
+
+def test_a_classifier_for_other_images_is_refused_before_training(tmp_path: Path) -> None:
+    """cpu_small.yaml's fashion_mnist classifier composed onto 8x8 (or CIFAR-10) images would fail only
+    at the first validation, after the first training steps."""
+    model = tiny_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    callback = SampleQuality(feature="fashion_mnist", num_samples=100)
+    with pytest.raises(ValueError, match=r"\(1, 28, 28\).*\(1, 8, 8\).*'digits'"):
+        trainer(tmp_path, max_steps=2, callbacks=[callback]).fit(model, DigitsDataModule(batch_size=64))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
