@@ -71,21 +71,23 @@ def test_cpu_variant_composes_after_each_prior() -> None:
         assert kinds.count("ModelCheckpoint") == 2  # the base config's, which cpu_small.yaml adds to
 
 
-@pytest.mark.parametrize("last", ["prior_averaging", "cpu_small"])
-def test_the_opt_in_rbm_overlays_compose_in_either_order(last: str) -> None:
-    """rbm_restart.yaml and prior_averaging.yaml give the README's averaged-prior runs' setting, whether
-    the CPU variant comes before or after them (a list that replaced the callbacks would drop one)."""
-    overlays = {
-        "cpu_small": CONF / "fashion_mnist" / "cpu_small.yaml",
-        "prior_averaging": CONF / "prior_averaging.yaml",
-    }
-    first = next(name for name in overlays if name != last)
-    cli = build(
-        *paper("fashion_mnist", "rbm"),
-        CONF / "fashion_mnist" / "rbm_restart.yaml",
-        overlays[first],
-        overlays[last],
-    )
+ORDERS = {
+    "documented": ("fashion_mnist", "rbm", "rbm_restart", "cpu_small", "prior_averaging"),
+    "averaging before cpu_small": ("fashion_mnist", "rbm", "rbm_restart", "prior_averaging", "cpu_small"),
+    "averaging first": ("prior_averaging", "fashion_mnist", "rbm", "cpu_small", "rbm_restart"),
+}
+FILES = {
+    "fashion_mnist": CONF / "fashion_mnist.yaml",
+    "prior_averaging": CONF / "prior_averaging.yaml",
+    **{name: CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm", "rbm_restart", "cpu_small")},
+}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_the_opt_in_rbm_overlays_compose_in_any_order(order: str) -> None:
+    """rbm_restart.yaml and prior_averaging.yaml give the README's averaged-prior runs' setting, wherever
+    the callback's file comes (a config whose callback list replaced the earlier ones would drop it)."""
+    cli = build(*(FILES[name] for name in ORDERS[order]))
     sgd = cli.model.configure_optimizers().optimizers[1]
     assert sgd.param_groups[0]["lr"] == 0.03 and sgd.param_groups[0]["momentum"] == 0.9
     assert cli.model.prior.sampler.restart == 0.2 and cli.model.prior.sampler.num_chains == 100
@@ -188,6 +190,14 @@ class Worsening(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+SHIPPED = sorted(CONF.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda path: path.relative_to(CONF).as_posix())
+def test_no_shipped_config_replaces_the_callbacks_given_before_it(config: Path) -> None:
+    assert "callbacks" not in (yaml.safe_load(config.read_text()).get("trainer") or {})
+
+
 CHECKPOINTING = sorted(path for path in CONF.rglob("*.yaml") if "ModelCheckpoint" in path.read_text())
 
 
@@ -205,7 +215,7 @@ def test_last_ckpt_is_the_final_state_when_the_last_validation_is_not_the_best(
 ) -> None:
     """`ebmflow test --ckpt_path .../last.ckpt` and resuming must see the state training ended in; a
     ModelCheckpoint that monitors a metric writes last.ckpt only when it saves a better checkpoint."""
-    listed = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    listed = yaml.safe_load(config.read_text())["trainer"]["callbacks+"]
     callbacks = [
         ModelCheckpoint(dirpath=tmp_path, **entry.get("init_args", {}))
         for entry in listed
