@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import zipfile
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Literal
 
@@ -316,10 +317,11 @@ def run(args: list[str] | None = None, debug: bool = False) -> None:
     torch.set_flush_denormal(True)
     try:
         make_cli(args)
-    except (*USER_ERRORS, NonFiniteLossError) as error:
+    except (*USER_ERRORS, ArgumentError, NonFiniteLossError) as error:
         if debug:
             raise
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        hint = " (--help lists the options)" if isinstance(error, ArgumentError) else ""
+        print(f"error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
         sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
     finally:
         torch.set_flush_denormal(False)
@@ -336,7 +338,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> EBMFlowCLI:
         subclass_mode_data=True,
         save_config_callback=LoggedConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},  # run() prints one line
         args=args,
         run=run,
     )

@@ -123,13 +123,16 @@ def test_prior_by_short_name_and_configs_compose(tiny_config: Path, tmp_path: Pa
         (["--model.prior", "NoSuchPrior"], "NoSuchPrior"),
         (["--data.init_args.batch_size", "0"], "--data.init_args.batch_size"),
         (["--model.nonfinite", "ignore"], "nonfinite"),
+        (["--model.prior.init_args.no_such_option", "1"], "no_such_option"),
     ],
 )
 def test_mistakes_fail_before_training(tiny_config: Path, extra: list[str], message: str, capsys) -> None:
+    """One line, as the command's help promises: a mistake the parser finds too (not its usage text)."""
     with pytest.raises(SystemExit) as error:
         run("fit", "--config", str(tiny_config), *extra)
     text = capsys.readouterr().err
     assert error.value.code == 2 and message in text
+    assert text.startswith("error: ") and text.count("\n") == 1, text
     assert "Traceback" not in text
     assert not (tiny_config.parent / "run" / "checkpoints").exists()
 
