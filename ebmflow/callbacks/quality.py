@@ -58,8 +58,8 @@ class SampleQuality(EveryNEpochs):
     of the predicted-class histograms), with a warning in the log when the samples cover fewer classes
     than the data or one class holds over twice the data's largest share. The feature network is built
     with the callback, so a missing Inception download fails before training, as does a shipped
-    classifier made for other images than the model's. Samples are drawn in
-    batches on the module's device, split over ranks; torchmetrics synchronises the statistics.
+    classifier made for other images than the model's. Samples are drawn in batches on the module's
+    device, split over ranks; torchmetrics synchronises the statistics.
 
     Args:
         feature: "inception" (RGB data; weights download on first use) or "digits", "mnist",
