@@ -27,9 +27,10 @@ class PriorAveraging(L.Callback):
     log Z estimate a validation leaves is the average's, so ``train/objective`` (whose log Z is only a
     label: its gradient comes from the chains) shifts by the difference until the next one.
 
-    Why (docs/results.md, round 9): with the flow frozen, an RBM trained on by PCD at round 4b's rate
-    kept moving its samples' class mix between evaluations at two of three seeds (FID 2.3–2.5x apart),
-    while the same trajectories averaged over about 100 updates did not.
+    Why (docs/results.md, rounds 9 and 10): with the flow frozen, an RBM trained on by PCD at round 4b's
+    rate kept moving its samples' class mix between evaluations at two of three seeds (FID 2.3–2.5x
+    apart), while the same trajectories averaged over about 100 updates did not; in training, the averaged
+    readout stayed within 1.37x between validations at all four seeds tried.
 
     Args:
         decay: the weight the average keeps at each step (0.99: about the last 100 updates).
