@@ -187,6 +187,9 @@ class ParallelTempering(Sampler):
         sample_steps: the sweeps of ``sample`` (default: ``steps``). The ladder adapts only in training,
             so generation on the adapted ladder goes through the training sampler: give it the sweeps
             it needs from fair coins here rather than a second, unadapted, ``ParallelTempering``.
+
+    After ``sample``, ``sample_acceptance`` holds that call's swap acceptance for each neighbouring pair
+    (β_1, β_2) … (β_{R−1}, β_R); a pair near 0 is where the ladder stops mixing (add replicas there).
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class ParallelTempering(Sampler):
         self.register_buffer("swaps_accepted", torch.zeros(replicas - 1))
         self.register_buffer("swaps_offered", torch.zeros(replicas - 1))
         self.register_buffer("sweeps_done", torch.zeros((), dtype=torch.long))
+        self.sample_acceptance: Tensor | None = None
 
     def bind(self, n_visible: int, n_hidden: int) -> None:
         self.states = sample_spins(self.states.new_zeros(len(self.betas), self.num_chains, n_visible))
@@ -244,9 +248,11 @@ class ParallelTempering(Sampler):
         return self.states[0]
 
     def sample(self, model: RBM, n: int) -> Tensor:
-        scratch = torch.zeros_like(self.swaps_accepted)
+        accepted, offered = torch.zeros_like(self.swaps_accepted), torch.zeros_like(self.swaps_offered)
         start = model.random_visible(len(self.betas), n)
-        return self._run(model, start, self.sample_steps, 0, scratch, scratch.clone())[0]
+        states = self._run(model, start, self.sample_steps, 0, accepted, offered)
+        self.sample_acceptance = accepted / offered.clamp_min(1)
+        return states[0]
 
     def persistent_states(self) -> Tensor:
         return self.states[0]

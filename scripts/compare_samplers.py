@@ -5,6 +5,7 @@ split-half noise in brackets; the codes' own row is its floor, since it sums the
 through the RBM too).
 
     python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000] [--betas 1.1 1.2]
+        [--tempering REPLICAS SWEEPS]
 
 RUN_DIR holds config.yaml and checkpoints/last.ckpt. Short block-Gibbs runs from fair coins (what the
 configs' validation uses) against samplers that reach the model's equilibrium (tempering, chains
@@ -12,7 +13,9 @@ continued): a gap between them says the short runs measure their own distributio
 last row decodes spins drawn from p(s | z) of test images: what the samples would be if the RBM matched
 the codes of the data exactly, so the gap to it is the RBM's share of what is missing. ``--betas`` adds
 tempering rows at lower spin temperatures (β > 1 sharpens p(s) towards its modes); the mean −F is
-always measured at β = 1.
+always measured at β = 1. Each tempering row is followed by its swap acceptance per neighbouring pair:
+where one is near 0 the ladder does not mix, and the row is no equilibrium check — give ``--tempering``
+more replicas and sweeps, and check that doubling them changes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--betas", type=float, nargs="*", default=[], help="also sample the spins from p(s)^β at these β"
     )
+    parser.add_argument(
+        "--tempering",
+        type=int,
+        nargs=2,
+        default=[10, 100],
+        metavar=("REPLICAS", "SWEEPS"),
+        help="the tempering rows' replicas (geometric, β 1 to 0.1) and sweeps; each prints its swap rates",
+    )
     args = parser.parse_args(argv)
     model, data = open_rbm_run(parser, args.run, "this script compares the spin samplers of an RBM-Flow run")
     prior = model.prior
@@ -168,18 +180,29 @@ def main(argv: list[str] | None = None) -> None:
     }
     if chains is not None:  # a sampler without persistent state (an external one) has no chains to continue
         samplers["the persistent chains, 50 more sweeps"] = continued
+    replicas, sweeps = args.tempering
+    tempering = f"parallel tempering, {sweeps} sweeps x {replicas} replicas"
+    acceptance: dict[str, list[torch.Tensor]] = {}  # each tempering row's swap acceptance, per batch
+
+    def tempered(name: str, model: RBM) -> Callable[[int], torch.Tensor]:
+        def draw(n: int) -> torch.Tensor:
+            sampler = ParallelTempering(sweeps, replicas=replicas)
+            s_v = sampler.sample(model, n)
+            acceptance.setdefault(name, []).append(sampler.sample_acceptance)
+            return s_v
+
+        return draw
+
     samplers |= {
-        "parallel tempering, 100 sweeps x 10 replicas": lambda n: ParallelTempering(100, replicas=10).sample(
-            spins, n
-        ),
+        tempering: tempered(tempering, spins),
         # What the RBM should reproduce: spins drawn from p(s | z) of the test images, decoded as samples.
         "the test images' codes, s ~ p(s | z)": None,
     }
     spin_models = {}  # rows that sample another spin model than the RBM's own
     for beta in args.betas:  # p(s)^β: the RBM with every parameter scaled by β
-        name = f"parallel tempering, 100 sweeps x 10 replicas, at β = {beta}"
+        name = f"{tempering}, at β = {beta}"
         spin_models[name] = colder = RBM(spins.weight * beta, spins.bias_v * beta, spins.bias_h * beta)
-        samplers[name] = lambda n, colder=colder: ParallelTempering(100, replicas=10).sample(colder, n)
+        samplers[name] = tempered(name, colder)
     ruler = yardstick(data, args.feature, args.samples)
     with torch.no_grad():  # p(s = +1 | z) of the test images: the aggregate posterior
         probabilities = posterior(model, ruler.images)
@@ -199,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
                 s = torch.cat([s_v, sample_spins(s_v @ drawn_from.weight + drawn_from.bias_h)], 1)
             row = score(model, ruler, s, probabilities)
         print(f"{name}: {describe(row)} ({time.perf_counter() - start:.0f} s)")
+        if name in acceptance:  # near 0 at a pair: the ladder does not mix there, so neither does the row
+            rates = torch.stack(acceptance[name]).mean(0).tolist()
+            print(
+                "  swap acceptance per neighbouring pair, β = 1 first: " + " ".join(f"{r:.3f}" for r in rates)
+            )
 
 
 if __name__ == "__main__":

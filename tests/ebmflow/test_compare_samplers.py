@@ -57,3 +57,6 @@ def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture,
         "the test images' codes, s ~ p(s | z)",
     ]
     assert any(line.startswith("persistent chains: mean -F") for line in lines) != external
+    (swaps,) = [line for line in lines if line.startswith("  swap acceptance")]
+    rates = [float(rate) for rate in swaps.split(":")[1].split()]
+    assert len(rates) == 9 and all(0 <= rate <= 1 for rate in rates)  # one per neighbouring pair

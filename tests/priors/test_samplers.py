@@ -158,6 +158,22 @@ def test_tempering_visits_both_modes_in_proportion_where_gibbs_does_not() -> Non
     assert len(acceptance) == replicas - 1 and min(acceptance) > 0.05
 
 
+def test_sampling_reports_each_pairs_swap_acceptance_and_leaves_training_statistics_alone() -> None:
+    """Without energy every swap is accepted (exactly 1); across the bimodal RBM's barrier the cold
+    pairs accept fewer. ``sample`` reports its own rates and leaves the training counters at zero."""
+    torch.manual_seed(0)
+    tempering = ParallelTempering(steps=20, chains=4, replicas=6, min_beta=0.05)
+    tempering.bind(12, 4)
+    assert tempering.sample_acceptance is None
+    flat = RBM(torch.zeros(12, 4), torch.zeros(12), torch.zeros(4))
+    tempering.sample(flat, 50)
+    assert torch.equal(tempering.sample_acceptance, torch.ones(5))
+    model, _ = bimodal_rbm()
+    tempering.sample(model, 200)
+    assert tempering.sample_acceptance.shape == (5,) and tempering.sample_acceptance[0] < 0.9
+    assert tempering.swaps_offered.sum() == 0
+
+
 def test_adaptive_ladder_keeps_its_ends_and_evens_out_acceptance() -> None:
     torch.manual_seed(0)
     model, _ = bimodal_rbm()
