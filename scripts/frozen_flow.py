@@ -29,7 +29,6 @@ from torch import Tensor
 from ebmflow.callbacks import PriorAveraging
 from ebmflow.callbacks.base import fixed_noise
 from ebmflow.module import EBMFlow
-from priors.spins import sample_spins
 from scripts.compare_samplers import BATCH, describe, open_rbm_run, posterior, score, yardstick
 
 
@@ -91,11 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     @torch.no_grad()
     def evaluate(step: int, readout: str, seed: int = 0) -> None:
         probabilities = posterior(model, ruler.images)
-        with fixed_noise(seed):
-            s_v = torch.cat([prior.sample_visible(BATCH) for _ in range(-(-args.samples // BATCH))])
-            s_v = s_v[: args.samples]
-            spins = prior.spin_model()
-            s = torch.cat([s_v, sample_spins(s_v @ spins.weight + spins.bias_h)], 1)
+        with fixed_noise(seed):  # batch by batch, as validation draws them
+            s = torch.cat([prior.sample_discrete(BATCH) for _ in range(-(-args.samples // BATCH))])
+            s = s[: args.samples]
             row = {"step": step, "readout": readout, "seed": seed} | score(model, ruler, s, probabilities)
         print(f"step {step}, {readout}, seed {seed}: {describe(row)}", flush=True)
         if out is not None:
