@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["class_coverage", "code_nmi", "integrated_autocorrelation_time", "moment_gap"]
+__all__ = ["class_coverage", "class_shares", "code_nmi", "integrated_autocorrelation_time", "moment_gap"]
 
 SOKAL_WINDOW = 5.0  # the window M is the smallest with M ≥ 5 τ(M) (Sokal 1997)
 
@@ -38,6 +38,12 @@ def integrated_autocorrelation_time(series: Tensor) -> float:
     return float(tau[fits[0, 0]] if len(fits) else tau[-1])
 
 
+def class_shares(classes: Tensor, num_classes: int) -> Tensor:
+    """Each class's share of ``classes`` (class indices 0 … ``num_classes`` − 1): (num_classes,), float64."""
+    counts = torch.bincount(classes.flatten().long(), minlength=num_classes).double()
+    return counts / counts.sum()
+
+
 def class_coverage(
     sample_classes: Tensor, data_classes: Tensor, num_classes: int, threshold: float = 0.02
 ) -> dict[str, float]:
@@ -48,9 +54,7 @@ def class_coverage(
     0 when the samples have the data's proportions, log K when they all fall in one of K equally
     common classes).
     """
-    q = torch.bincount(sample_classes.flatten().long(), minlength=num_classes).double()
-    p = torch.bincount(data_classes.flatten().long(), minlength=num_classes).double()
-    q, p = q / q.sum(), p / p.sum()
+    q, p = class_shares(sample_classes, num_classes), class_shares(data_classes, num_classes)
     held = q > 0
     kl = float((q[held] * (q[held] / p[held]).log()).sum()) if bool((p[held] > 0).all()) else math.inf
     return {"classes": float((q >= threshold).sum()), "max_share": float(q.max()), "kl": kl}

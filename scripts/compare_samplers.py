@@ -1,5 +1,6 @@
 """Generate from a trained RBM-Flow with several spin samplers and score each: FID, IS and class coverage
-with a shipped classifier, the mean −F (log p̃) of the spins, beside that of the persistent chains, and
+with a shipped classifier (and, on the line below, each class's share of the samples beside the test
+images'), the mean −F (log p̃) of the spins, beside that of the persistent chains, and
 the moment gap of the spins against the test images' codes (``ebmflow.health.moment_gap``, its
 split-half noise in brackets; the codes' own row is its floor, since it sums their hidden units out
 through the RBM too).
@@ -37,7 +38,7 @@ from ebmflow.callbacks import build_quality_metrics
 from ebmflow.checkpoints import read_checkpoint
 from ebmflow.cli import make_cli
 from ebmflow.data import ImageDataModule
-from ebmflow.health import class_coverage, moment_gap
+from ebmflow.health import class_coverage, class_shares, moment_gap
 from ebmflow.module import EBMFlow
 from priors import BlockGibbs, ParallelTempering, RBMPrior
 from priors.samplers import RBM, gibbs
@@ -85,12 +86,13 @@ def open_rbm_run(parser: argparse.ArgumentParser, run: Path, purpose: str) -> tu
 @dataclass
 class Yardstick:
     """What samples are scored against: FID's test-split statistics and the classifier (``fid``,
-    ``inception``), the test split's predicted classes (``real``) and the test images whose codes the
-    moment gap compares with (``images``)."""
+    ``inception``), the test split's predicted classes (``real``), the classifier's class names
+    (``names``) and the test images whose codes the moment gap compares with (``images``)."""
 
     fid: FrechetInceptionDistance
     inception: InceptionScore
     real: torch.Tensor
+    names: list[str]
     images: torch.Tensor
 
 
@@ -103,9 +105,14 @@ def yardstick(data: ImageDataModule, feature: str, samples: int) -> Yardstick:
     with torch.no_grad():
         for images, _ in data.test_dataloader():
             fid.update(images, real=True)
-            real.append(inception.inception(images).argmax(1))
+            logits = inception.inception(images)
+            real.append(logits.argmax(1))
     images = torch.cat([images for images, _ in data.test_dataloader()])[:samples]
-    return Yardstick(fid, inception, torch.cat(real), images)
+    # torchvision's datasets name their classes; others (the bundled digits) are numbered
+    names = list(getattr(data.test_set, "classes", []))
+    if len(names) != logits.shape[1]:
+        names = [str(k) for k in range(logits.shape[1])]
+    return Yardstick(fid, inception, torch.cat(real), names, images)
 
 
 def posterior(model: EBMFlow, images: torch.Tensor) -> torch.Tensor:
@@ -124,9 +131,8 @@ def score(model: EBMFlow, ruler: Yardstick, s: torch.Tensor, probabilities: torc
     ruler.inception.reset()
     ruler.fid.update(images, real=False)
     ruler.inception.update(images)
-    coverage = class_coverage(
-        ruler.inception.inception(images).argmax(1), ruler.real, len(ruler.real.unique())
-    )
+    classes = ruler.inception.inception(images).argmax(1)
+    coverage = class_coverage(classes, ruler.real, len(ruler.names))
     inception_score, _ = ruler.inception.compute()
     gap, noise = moment_gap(2 * probabilities - 1, s_v, spins.weight, spins.bias_h)
     return {
@@ -136,6 +142,7 @@ def score(model: EBMFlow, ruler: Yardstick, s: torch.Tensor, probabilities: torc
         "neg_free_energy": spins.neg_free_energy(s_v).mean().item(),
         "moment_gap": gap,
         "moment_noise": noise,
+        "shares": class_shares(classes, len(ruler.names)).tolist(),
     }
 
 
@@ -145,6 +152,16 @@ def describe(row: dict[str, float]) -> str:
         f"FID {row['fid']:.1f}, IS {row['is']:.2f}, classes ≥ 2 % {row['classes']:.0f}, largest share "
         f"{row['max_share']:.2f}, KL {row['kl']:.3f}, mean -F {row['neg_free_energy']:.1f}, moment gap "
         f"{row['moment_gap']:.2f} ({row['moment_noise']:.2f})"
+    )
+
+
+def describe_shares(row: dict, ruler: Yardstick) -> str:
+    """The line under a ``score`` row: each class's share of the samples, the test images' in brackets
+    (both as the classifier sees them)."""
+    data = class_shares(ruler.real, len(ruler.names)).tolist()
+    return "  class shares (the test images' in brackets): " + ", ".join(
+        f"{name} {share:.3f} ({real:.3f})"
+        for name, share, real in zip(ruler.names, row["shares"], data, strict=True)
     )
 
 
@@ -223,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                 s = torch.cat([s_v, sample_spins(s_v @ drawn_from.weight + drawn_from.bias_h)], 1)
             row = score(model, ruler, s, probabilities)
         print(f"{name}: {describe(row)} ({time.perf_counter() - start:.0f} s)")
+        print(describe_shares(row, ruler))
         if name in acceptance:  # near 0 at a pair: the ladder does not mix there, so neither does the row
             rates = torch.stack(acceptance[name]).mean(0).tolist()
             print(

@@ -4,8 +4,11 @@ one-line refusal, before any weights are read, of what it cannot compare."""
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from ebmflow.callbacks import build_quality_metrics
+from ebmflow.data import DigitsDataModule
 from scripts.compare_samplers import main as compare_samplers
 from tests.ebmflow.helpers import TINY, fit_run
 
@@ -60,3 +63,21 @@ def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture,
     (swaps,) = [line for line in lines if line.startswith("  swap acceptance")]
     rates = [float(rate) for rate in swaps.split(":")[1].split()]
     assert len(rates) == 9 and all(0 <= rate <= 1 for rate in rates)  # one per neighbouring pair
+
+    # under every scored row, each class's share of its samples and, in brackets, of the test images as
+    # the shipped digits classifier predicts them (the digits are unnamed, so numbered)
+    shares = [line for line in lines if line.startswith("  class shares")]
+    assert len(shares) == len(rows)
+    _, classifier = build_quality_metrics("digits")
+    data = DigitsDataModule()
+    data.setup("test")
+    with torch.no_grad():
+        predicted = torch.cat(
+            [classifier.inception(images).argmax(1) for images, _ in data.test_dataloader()]
+        )
+    expected = torch.bincount(predicted, minlength=10) / len(predicted)
+    for line in shares:
+        pairs = [entry.split() for entry in line.split(": ", 1)[1].split(", ")]
+        assert [name for name, _, _ in pairs] == [str(k) for k in range(10)]
+        assert [float(real.strip("()")) for _, _, real in pairs] == [round(x, 3) for x in expected.tolist()]
+        assert sum(float(share) for _, share, _ in pairs) == pytest.approx(1, abs=10 * 0.0005)

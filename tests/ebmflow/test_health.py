@@ -10,7 +10,7 @@ import torch
 
 from ebmflow.callbacks import ChainHealth, SampleQuality
 from ebmflow.data import DigitsDataModule
-from ebmflow.health import class_coverage, integrated_autocorrelation_time, moment_gap
+from ebmflow.health import class_coverage, class_shares, integrated_autocorrelation_time, moment_gap
 from priors import BlockGibbs, ParallelTempering, RBMPrior
 from priors.samplers import RBM, Sampler
 from tests.ebmflow.helpers import tiny_model, trainer
@@ -52,6 +52,11 @@ def test_class_coverage_exact_answers() -> None:
     expected_kl = 0.5 * math.log(5) + 0.49 * math.log(4.9) + 0.01 * math.log(0.1)
     assert coverage == {"classes": 2.0, "max_share": 0.5, "kl": pytest.approx(expected_kl)}
     assert class_coverage(torch.tensor([1]), torch.tensor([0]), 2)["kl"] == math.inf
+
+
+def test_class_shares_exact_answers() -> None:
+    assert class_shares(torch.tensor([0, 0, 1, 3]), 5).tolist() == [0.5, 0.25, 0.0, 0.25, 0.0]
+    assert class_shares(torch.tensor([[2, 2], [2, 2]]), 3).tolist() == [0.0, 0.0, 1.0]
 
 
 def test_moment_gap_exact_answers() -> None:
