@@ -241,6 +241,14 @@ class EBMFlow(L.LightningModule):
             "set --model.nonfinite skip (and --model.max_skipped) to skip such batches."
         )
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The last step is validated even between two scheduled validations: the configs checkpoint after
+        # validations, so the steps after the last one were in no checkpoint. Lightning validates a step
+        # after which training was asked to stop (as EarlyStopping asks); a stop at a scheduled
+        # validation still validates once.
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 

@@ -45,8 +45,8 @@ def test_resume_continues_exactly_from_every_checkpoint(
         "step=15.ckpt": set(),  # mid-epoch, no validation
         # at the end of epoch 0's last batch, before its validation: Lightning resumes without that
         # validation, so the RBM's exact log Z (it only labels train/objective) is refreshed one
-        # validation later; nothing else differs
-        "step=20.ckpt": {"prior.log_z_estimate"},
+        # validation later, at the last step's (step 26) as in the straight run
+        "step=20.ckpt": set(),
     }
     for name, differing in cases.items():
         L.seed_everything(123)  # the resumed run must not depend on the new process's seed
@@ -59,6 +59,24 @@ def test_resume_continues_exactly_from_every_checkpoint(
             key for key, value in resumed.state_dict().items() if not torch.equal(value, expected[key])
         }
         assert unequal == differing, name
+
+
+@pytest.mark.parametrize(("max_steps", "expected"), [(7, [3, 6, 7]), (6, [3, 6])])
+def test_the_last_step_is_validated_and_checkpointed(
+    tmp_path: Path, max_steps: int, expected: list[int]
+) -> None:
+    """A fit that stops at max_steps between two validations validates its last step too, so the
+    checkpoint written after a validation holds the model training ended with (before, the steps after
+    the last validation were in no checkpoint, and testing last.ckpt tested an older model); one that
+    stops at a validation validates once."""
+    validated: list[int] = []
+    record = LambdaCallback(on_validation_end=lambda trainer, *_: validated.append(trainer.global_step))
+    last = ModelCheckpoint(tmp_path / "ck", filename="last", enable_version_counter=False)
+    trainer(tmp_path, max_steps=max_steps, val_check_interval=3, callbacks=[last, record]).fit(
+        tiny_model(), DigitsDataModule(batch_size=64)
+    )
+    assert validated == expected
+    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["global_step"] == max_steps
 
 
 def test_training_steps_on_every_device(tmp_path: Path, device: torch.device) -> None:
