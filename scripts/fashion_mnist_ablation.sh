@@ -5,6 +5,7 @@
 # each run is tested in its directory and the report is written. Usage:
 #   scripts/fashion_mnist_ablation.sh [DATA_ROOT] [STEPS] [OUT] [RUN ...]
 #   defaults: ../shared/data, 3000, runs/fashion_mnist, all of: rbm rbm_control bernoulli multicov gaussian
+#   also: rbm_averaged, the README's averaged-prior rows (rbm_restart.yaml + prior_averaging.yaml)
 # Runs go to OUT/<run>: move earlier ones away first (fit refuses to mix two logs).
 set -euo pipefail
 root=${1:-../shared/data}
@@ -17,13 +18,16 @@ ebmflow=${EBMFLOW:-.venv/bin/ebmflow}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 one() {
-  local run=$1 prior=${1%_control} extra=()
-  if [ "$run" = rbm_control ]; then
-    extra=(--model.prior_optimizer null --model.prior_lr null
-           --model.prior.init_args.sampler priors.BlockGibbs
-           --model.prior.init_args.sampler.init_args.steps 200
-           --model.prior.init_args.sampler.init_args.chains 20)
-  fi
+  local run=$1 prior=${1%_*} extra=()
+  case $run in
+    rbm_control)
+      extra=(--model.prior_optimizer null --model.prior_lr null
+             --model.prior.init_args.sampler priors.BlockGibbs
+             --model.prior.init_args.sampler.init_args.steps 200
+             --model.prior.init_args.sampler.init_args.chains 20) ;;
+    rbm_averaged)
+      extra=(--config conf/fashion_mnist/rbm_restart.yaml --config conf/prior_averaging.yaml) ;;
+  esac
   local configs=(--config conf/fashion_mnist.yaml --config "conf/fashion_mnist/$prior.yaml"
                  --config conf/fashion_mnist/cpu_small.yaml
                  --data.init_args.root "$root" --trainer.enable_progress_bar false
