@@ -242,10 +242,11 @@ class EBMFlow(L.LightningModule):
         )
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # The last step is validated even between two scheduled validations: the configs checkpoint after
-        # validations, so the steps after the last one were in no checkpoint. Lightning validates a step
-        # after which training was asked to stop (as EarlyStopping asks); a stop at a scheduled
-        # validation still validates once.
+        # The last step is validated even between two scheduled validations: where validation is counted
+        # in steps (cpu_small.yaml), the configs' checkpoints come after validations only, so the steps
+        # after the last one were in no checkpoint. Lightning validates a step after which training was
+        # asked to stop (as EarlyStopping asks), unless check_val_every_n_epoch skips that epoch or
+        # min_steps / min_epochs are not met; a stop at a scheduled validation still validates once.
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 

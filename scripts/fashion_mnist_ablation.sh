@@ -27,6 +27,9 @@ one() {
              --model.prior.init_args.sampler.init_args.chains 20) ;;
     rbm_averaged)
       extra=(--config conf/fashion_mnist/rbm_restart.yaml --config conf/prior_averaging.yaml) ;;
+    rbm|bernoulli|multicov|gaussian) ;;
+    *) echo "unknown run $run: the runs are rbm rbm_control rbm_averaged bernoulli multicov gaussian" >&2
+       return 2 ;;
   esac
   local configs=(--config conf/fashion_mnist.yaml --config "conf/fashion_mnist/$prior.yaml"
                  --config conf/fashion_mnist/cpu_small.yaml

@@ -76,8 +76,13 @@ def test_every_sampler_gets_a_row(tmp_path: Path, capsys: pytest.CaptureFixture,
             [classifier.inception(images).argmax(1) for images, _ in data.test_dataloader()]
         )
     expected = torch.bincount(predicted, minlength=10) / len(predicted)
-    for line in shares:
+    scored = [line for line in lines if ": FID " in line]
+    for row, line in zip(scored, shares, strict=True):
         pairs = [entry.split() for entry in line.split(": ", 1)[1].split(", ")]
         assert [name for name, _, _ in pairs] == [str(k) for k in range(10)]
         assert [float(real.strip("()")) for _, _, real in pairs] == [round(x, 3) for x in expected.tolist()]
-        assert sum(float(share) for _, share, _ in pairs) == pytest.approx(1, abs=10 * 0.0005)
+        got = [float(share) for _, share, _ in pairs]
+        assert sum(got) == pytest.approx(1, abs=10 * 0.0005)
+        # the row's own shares: as many at 2 % or more as its coverage counts, its largest share the same
+        assert f"classes ≥ 2 % {sum(share >= 0.02 for share in got)}," in row
+        assert f"largest share {max(got):.2f}," in row

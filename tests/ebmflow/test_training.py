@@ -66,15 +66,15 @@ def test_the_last_step_is_validated_and_checkpointed(
     tmp_path: Path, max_steps: int, expected: list[int]
 ) -> None:
     """A fit that stops at max_steps between two validations validates its last step too, so the
-    checkpoint written after a validation holds the model training ended with (before, the steps after
-    the last validation were in no checkpoint, and testing last.ckpt tested an older model); one that
-    stops at a validation validates once."""
+    checkpoint written after a validation holds the model training ended with (before, with validation
+    counted in steps as cpu_small.yaml counts it, the steps after the last validation were in no
+    checkpoint, and testing last.ckpt tested an older model); one that stops at a validation validates
+    once."""
     validated: list[int] = []
     record = LambdaCallback(on_validation_end=lambda trainer, *_: validated.append(trainer.global_step))
     last = ModelCheckpoint(tmp_path / "ck", filename="last", enable_version_counter=False)
-    trainer(tmp_path, max_steps=max_steps, val_check_interval=3, callbacks=[last, record]).fit(
-        tiny_model(), DigitsDataModule(batch_size=64)
-    )
+    options = dict(max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None)
+    trainer(tmp_path, **options, callbacks=[last, record]).fit(tiny_model(), DigitsDataModule(batch_size=64))
     assert validated == expected
     assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["global_step"] == max_steps
 
