@@ -39,13 +39,19 @@ class ChainHealth(EveryNEpochs):
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
-      parallel tempering).
+      parallel tempering);
+    - ``health/reference_swap_acceptance``, where the reference is parallel tempering: its smallest swap
+      acceptance between neighbouring replicas in this validation's run. Near 0 the ladder does not mix,
+      so the fresh samples (and the lag and moment gap measured against them) need not be the RBM's
+      equilibrium: docs/results.md, round 10b, found a 10-replica ladder passing an RBM whose
+      equilibrium, on 20 replicas, had collapsed.
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
     (and three standard errors), when they lead by as much (the reference then has not reached the
     model's equilibrium, and the lag and the moment gap are measured against its samples), when the
     moment gap exceeds ``max_moment_gap`` (and three times its noise), when the chains barely mix, or
-    when a tempering swap rate is under ``min_swap_acceptance``.
+    when a tempering swap rate (the training sampler's or the reference's) is under
+    ``min_swap_acceptance``.
     The training random stream and the chains are left untouched. Under DDP each rank measures its own
     chains and the values are averaged.
 
@@ -112,6 +118,20 @@ class ChainHealth(EveryNEpochs):
             flips, trace = self._mixing(model, start.to(model.weight.dtype))
         fresh_logp = model.neg_free_energy(fresh)
         metrics = {"health/fresh_logp": fresh_logp.mean(), "health/flip_rate": flips}
+        if isinstance(self.reference, ParallelTempering):
+            worst = self.reference.sample_acceptance.min()
+            metrics["health/reference_swap_acceptance"] = worst
+            if worst < self.min_swap_acceptance:
+                log.warning(
+                    "RBM health: the reference run's tempering swaps were accepted %.1f%% of the time at "
+                    "their worst pair at step %d: its ladder does not mix, so health/fresh_logp, chain_lag "
+                    "and moment_gap describe its samples, not necessarily the RBM's equilibrium. Give "
+                    "ChainHealth a finer ladder (init_args.reference: priors.ParallelTempering with more "
+                    "replicas and steps, e.g. 20 and 500) or check with scripts/compare_samplers.py "
+                    "--tempering 20 500.",
+                    100 * float(worst),
+                    trainer.global_step,
+                )
         metrics["health/coupling_bound"] = (
             torch.linalg.matrix_norm(model.weight, 2) / prior.coupling.delta.detach()
         )

@@ -208,6 +208,26 @@ def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> No
     assert run.callback_metrics["health/beta_2"].item() == pytest.approx(0.001)
 
 
+@pytest.mark.parametrize("energy", [False, True])
+def test_chain_health_reports_its_references_swap_acceptance(tmp_path: Path, caplog, energy: bool) -> None:
+    """The reference's smallest swap rate: exactly 1 where the RBM has no energy (every state equally
+    probable at every β); where the fields pull 52 spins to +1 by 2 each and the ladder jumps from β = 1
+    to 0.001, a swap would cost about 100 nats, so none is accepted and the log says the fresh samples
+    need not be the equilibrium."""
+    model = stuck_model(BlockGibbs(3, 8))
+    with torch.no_grad():
+        model.prior.coupling.raw_weight.zero_()
+        if not energy:
+            model.prior.bias.zero_()
+    reference = ParallelTempering(steps=20, replicas=2, min_beta=0.001)
+    health = ChainHealth(reference=reference, reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
+        run.validate(model, DigitsDataModule(batch_size=64))
+    assert run.callback_metrics["health/reference_swap_acceptance"].item() == (0.0 if energy else 1.0)
+    assert ("the reference run's tempering swaps" in caplog.text) == energy
+
+
 def test_sample_quality_logs_class_coverage(tmp_path: Path) -> None:
     callback = SampleQuality(feature="digits", num_samples=100, batch_size=40)
     run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[callback])
