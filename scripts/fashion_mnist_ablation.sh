@@ -27,9 +27,6 @@ one() {
              --model.prior.init_args.sampler.init_args.chains 20) ;;
     rbm_averaged)
       extra=(--config conf/fashion_mnist/rbm_restart.yaml --config conf/prior_averaging.yaml) ;;
-    rbm|bernoulli|multicov|gaussian) ;;
-    *) echo "unknown run $run: the runs are rbm rbm_control rbm_averaged bernoulli multicov gaussian" >&2
-       return 2 ;;
   esac
   local configs=(--config conf/fashion_mnist.yaml --config "conf/fashion_mnist/$prior.yaml"
                  --config conf/fashion_mnist/cpu_small.yaml
@@ -45,6 +42,13 @@ one() {
   echo "$(date +%T) done $run"
 }
 
+known=" rbm rbm_control rbm_averaged bernoulli multicov gaussian "
+for run in "${runs[@]}"; do  # every name checked before anything runs
+  if [[ $known != *" $run "* ]]; then
+    echo "error: unknown run $run: the runs are${known% }" >&2
+    exit 2
+  fi
+done
 mkdir -p "$out"
 for run in "${runs[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
