@@ -2,6 +2,7 @@
 
     python -m scripts.frozen_flow RUN_DIR [--steps 1500] [--every 250] [--average 0.99 0.999]
         [--control-seeds 6] [--feature fashion_mnist] [--samples 2000] [--out FILE.jsonl]
+        [--train-tempering REPLICAS SWEEPS] [--equilibrium REPLICAS SWEEPS]
 
 From RUN_DIR's checkpoints/last.ckpt the prior alone trains on as in the run: its optimiser from the
 run's config (fresh momentum; no schedule), its sampler and persistent chains, its loss in bits/dim,
@@ -12,6 +13,15 @@ against the test images' codes): with the live parameters and with each exponent
 (``--average``: ``ebmflow.callbacks.PriorAveraging`` with those decays) of them. At step 0 the live model is
 also sampled at ``--control-seeds`` more seeds: how far FID moves from sampling alone. With the codes
 held still, a prior whose FID swings anyway swings by itself, not because it lags a moving flow.
+
+``--equilibrium REPLICAS SWEEPS`` scores samples from parallel tempering instead (REPLICAS replicas,
+geometric β 1 to 0.1, SWEEPS sweeps from fair coins, as ``compare_samplers --tempering`` draws them; each
+row keeps the ladder's smallest swap acceptance): the RBM's own distribution, where short runs may
+flatter it (docs/results.md, rounds 10b and 11). ``--train-tempering REPLICAS SWEEPS`` trains the prior's
+negative phase by parallel tempering instead of the run's sampler (as many chains per replica, an adaptive
+geometric ladder from β 1 to 0.1, SWEEPS sweeps a step, burnt in for ``BURN_IN`` sweeps from fair coins
+first): a prior learning against its equilibrium rather than against short runs. Validation's samples
+stay the run's generation sampler's.
 Nothing in RUN_DIR is written; ``--out`` (a new file) keeps the rows as JSON lines.
 """
 
@@ -29,7 +39,10 @@ from torch import Tensor
 from ebmflow.callbacks import PriorAveraging
 from ebmflow.callbacks.base import fixed_noise
 from ebmflow.module import EBMFlow
+from priors import ParallelTempering, RBMPrior
 from scripts.compare_samplers import BATCH, describe, open_rbm_run, posterior, score, yardstick
+
+BURN_IN = 500  # sweeps: a 20-replica ladder from fair coins converged by then on round 11's RBMs
 
 
 def train_prior(
@@ -54,6 +67,21 @@ def train_prior(
         after_step(step)
 
 
+def burnt_in_tempering(prior: RBMPrior, replicas: int, sweeps: int) -> ParallelTempering:
+    """A training sampler for ``prior`` in place of its own: parallel tempering with as many chains per
+    replica, ``replicas`` replicas on an adaptive geometric ladder (β 1 to 0.1), ``sweeps`` sweeps a step,
+    its states run from fair coins for ``BURN_IN`` sweeps (its swap counts then cleared)."""
+    sampler = ParallelTempering(
+        sweeps, chains=len(prior.sampler.persistent_states()), replicas=replicas, adaptive=True
+    )
+    sampler.bind(prior.n_visible, prior.dim - prior.n_visible)
+    with torch.no_grad():
+        for _ in range(-(-BURN_IN // sweeps)):
+            sampler.negative_phase(prior.spin_model())
+    sampler.statistics()
+    return sampler
+
+
 def endless(loader: torch.utils.data.DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
     while True:
         yield from loader
@@ -72,6 +100,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=12345, help="the training batches' order and noise")
     parser.add_argument("--out", type=Path, help="a new file for the rows as JSON lines")
+    parser.add_argument(
+        "--train-tempering",
+        type=int,
+        nargs=2,
+        metavar=("REPLICAS", "SWEEPS"),
+        help="train against parallel tempering (adaptive geometric ladder, SWEEPS sweeps a step)",
+    )
+    parser.add_argument(
+        "--equilibrium",
+        type=int,
+        nargs=2,
+        metavar=("REPLICAS", "SWEEPS"),
+        help="score samples from parallel tempering (geometric, β 1 to 0.1), not the generation sampler",
+    )
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists: give --out a new file (this script never overwrites one)")
@@ -79,8 +121,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--steps must be >= 0, --every >= 1 and --control-seeds >= 0")
     if not all(0 < decay < 1 for decay in args.average):
         parser.error(f"--average takes decays in (0, 1), got {args.average}")
+    for option in ("train_tempering", "equilibrium"):
+        if (value := getattr(args, option)) is not None and (value[0] < 2 or value[1] < 1):
+            parser.error(f"--{option.replace('_', '-')} takes REPLICAS >= 2 and SWEEPS >= 1, got {value}")
     model, data = open_rbm_run(parser, args.run, "this script trains an RBM-Flow run's prior")
     prior = model.prior
+    if args.train_tempering is not None and prior.sampler.persistent_states() is None:
+        parser.error(f"{args.run}'s sampler keeps no chains: --train-tempering needs their number")
+    if args.equilibrium is not None:
+        replicas, sweeps = args.equilibrium
+        prior.generation_sampler = ParallelTempering(sweeps, replicas=replicas)
+    elif prior.generation_sampler is None:  # validation drew with the training sampler
+        prior.generation_sampler = prior.sampler
     ruler = yardstick(data, args.feature, args.samples)
     averages = [PriorAveraging(decay) for decay in args.average]
     for average in averages:
@@ -90,11 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     @torch.no_grad()
     def evaluate(step: int, readout: str, seed: int = 0) -> None:
         probabilities = posterior(model, ruler.images)
+        batches, acceptance = [], []
         with fixed_noise(seed):  # batch by batch, as validation draws them
-            s = torch.cat([prior.sample_discrete(BATCH) for _ in range(-(-args.samples // BATCH))])
-            s = s[: args.samples]
+            for _ in range(-(-args.samples // BATCH)):
+                batches.append(prior.sample_discrete(BATCH))
+                if args.equilibrium is not None:
+                    acceptance.append(prior.generation_sampler.sample_acceptance)
+            s = torch.cat(batches)[: args.samples]
             row = {"step": step, "readout": readout, "seed": seed} | score(model, ruler, s, probabilities)
-        print(f"step {step}, {readout}, seed {seed}: {describe(row)}", flush=True)
+        line = describe(row)
+        if acceptance:
+            row["smallest_swap_acceptance"] = torch.stack(acceptance).mean(0).min().item()
+            line += f", smallest swap acceptance {row['smallest_swap_acceptance']:.3f}"
+        print(f"step {step}, {readout}, seed {seed}: {line}", flush=True)
         if out is not None:
             out.write(json.dumps(row) + "\n")
             out.flush()
@@ -110,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         for average in averages:
             average.update(prior)
         if step % args.every == 0:
+            if args.train_tempering is not None:
+                rates = prior.sampler.statistics()
+                worst = min(v.item() for k, v in rates.items() if k.startswith("swap_acceptance"))
+                print(f"step {step}: training ladder's smallest swap acceptance {worst:.3f}", flush=True)
             evaluate_all(step)
 
     evaluate_all(0)
@@ -117,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         evaluate(0, "live", seed)
     data.setup("fit")
     torch.manual_seed(args.seed)
+    if args.train_tempering is not None:
+        prior.sampler = burnt_in_tempering(prior, *args.train_tempering)
     train_prior(model, endless(data.train_dataloader()), args.steps, after_step)
     if out is not None:
         out.close()
