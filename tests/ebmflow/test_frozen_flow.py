@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from priors import ParallelTempering
 from scripts.compare_samplers import build, restore
-from scripts.frozen_flow import endless, main, train_prior
+from scripts.frozen_flow import BURN_IN, burnt_in_tempering, endless, main, train_prior
 from tests.ebmflow.helpers import TINY, fit_run
 
 
@@ -71,3 +72,67 @@ def test_an_existing_out_file_is_refused(tmp_path: Path, capsys: pytest.CaptureF
     assert exit.value.code == 2
     assert f"{out} exists" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
+
+
+def test_training_against_tempering_burns_its_ladder_in_and_advances_it_each_step(tmp_path: Path) -> None:
+    """--train-tempering's sampler: as many chains per replica as the run's, BURN_IN sweeps run before
+    training (their swap counts cleared), then ``sweeps`` sweeps per prior step, its β = 1 replica the
+    negative phase; the ladder keeps its ends (β 1 and 0.1)."""
+    run = fit_run(tmp_path, TINY["model"]["prior"])
+    model, data = build(run)
+    model = restore(model, run)
+    sampler = burnt_in_tempering(model.prior, 3, 7)
+    assert isinstance(sampler, ParallelTempering) and sampler.states.shape == (3, 8, 52)
+    assert int(sampler.sweeps_done) == 7 * -(-BURN_IN // 7)
+    assert sampler.swaps_offered.sum() == 0
+    assert sampler.betas[0] == 1 and sampler.betas[-1] == pytest.approx(0.1)
+    model.prior.sampler = sampler
+    data.setup("fit")
+    train_prior(model, endless(data.train_dataloader()), 2, lambda step: None)
+    assert int(sampler.sweeps_done) == 7 * -(-BURN_IN // 7) + 2 * 7
+    assert torch.all(sampler.swaps_offered > 0)
+
+
+def test_equilibrium_rows_come_from_tempering_and_training_against_it_leaves_step_0_alone(
+    tmp_path: Path,
+) -> None:
+    """--equilibrium scores tempering's samples (other rows than the generation sampler's, each with its
+    ladder's smallest swap acceptance); --train-tempering changes training, not the step-0 rows."""
+    run = fit_run(tmp_path, TINY["model"]["prior"])
+    files = snapshot(run)
+    common = [
+        "--steps",
+        "1",
+        "--every",
+        "1",
+        "--control-seeds",
+        "0",
+        "--feature",
+        "digits",
+        "--samples",
+        "20",
+    ]
+
+    def rows(name: str, *options: str) -> list[dict]:
+        main([str(run), *common, *options, "--out", str(out := tmp_path / f"{name}.jsonl")])
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    plain = rows("plain")
+    equilibrium = rows("equilibrium", "--equilibrium", "3", "4")
+    both = rows("both", "--equilibrium", "3", "4", "--train-tempering", "2", "5")
+    assert "smallest_swap_acceptance" not in plain[0]
+    assert all(0 <= row["smallest_swap_acceptance"] <= 1 for row in equilibrium + both)
+    assert equilibrium[0]["fid"] != plain[0]["fid"]
+    assert both[0] == equilibrium[0]
+    assert both[1]["fid"] != equilibrium[1]["fid"]  # trained against another negative phase
+    assert snapshot(run) == files
+
+
+@pytest.mark.parametrize("option", ["--equilibrium", "--train-tempering"])
+def test_a_ladder_of_one_replica_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str
+) -> None:
+    with pytest.raises(SystemExit) as exit:  # before the run is read
+        main([str(tmp_path), option, "1", "5"])
+    assert exit.value.code == 2
+    assert f"{option} takes REPLICAS >= 2 and SWEEPS >= 1, got [1, 5]" in capsys.readouterr().err
