@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["class_coverage", "class_shares", "code_nmi", "integrated_autocorrelation_time", "moment_gap"]
+__all__ = [
+    "class_coverage",
+    "class_shares",
+    "code_nmi",
+    "gap_beyond_noise",
+    "integrated_autocorrelation_time",
+    "moment_gap",
+]
 
 SOKAL_WINDOW = 5.0  # the window M is the smallest with M ≥ 5 τ(M) (Sokal 1997)
 
@@ -84,6 +91,17 @@ def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -
     first, second = (samples[p].T @ hidden[p] / half for p in (slice(0, half), slice(half, 2 * half)))
     model = samples.T @ hidden / len(samples)
     return float((data - model).norm() / data.norm()), float((first - second).norm() / 2 / data.norm())
+
+
+def gap_beyond_noise(gap: float, noise: float) -> float:
+    """The part of a ``moment_gap`` that its samples' noise does not explain: √max(gap² − noise², 0).
+
+    The samples' error in C_model is independent of the true difference C_data − E[C_model] and its
+    expected squared norm is noise² (relative to ‖C_data‖), so gap² overestimates the squared true gap by
+    noise² on average and gap² − noise² estimates it without bias. A gap equal to its noise is what
+    samples of an RBM that matched the codes exactly would give.
+    """
+    return math.sqrt(max(gap**2 - noise**2, 0.0))
 
 
 def code_nmi(

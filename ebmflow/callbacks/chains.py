@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
-from ebmflow.health import integrated_autocorrelation_time, moment_gap
+from ebmflow.health import gap_beyond_noise, integrated_autocorrelation_time, moment_gap
 from priors import RBMPrior
 from priors.samplers import ParallelTempering, Sampler, gibbs
 
@@ -49,9 +49,10 @@ class ChainHealth(EveryNEpochs):
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
     (and three standard errors), when they lead by as much (the reference then has not reached the
     model's equilibrium, and the lag and the moment gap are measured against its samples), when the
-    moment gap exceeds ``max_moment_gap`` (and three times its noise), when the chains barely mix, or
-    when a tempering swap rate (the training sampler's or the reference's) is under
-    ``min_swap_acceptance``.
+    moment gap exceeds ``max_moment_gap`` beyond its noise (``ebmflow.health.gap_beyond_noise``; a gap
+    required to exceed three times its noise let a far run pass unwarned, docs/results.md, round 11),
+    when the chains barely mix, or when a tempering swap rate (the training sampler's or the
+    reference's) is under ``min_swap_acceptance``.
     The training random stream and the chains are left untouched. Under DDP each rank measures its own
     chains and the values are averaged.
 
@@ -62,7 +63,7 @@ class ChainHealth(EveryNEpochs):
         mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
         max_examples: validation images whose codes are scored.
         lag_tolerance: chain lag (nats of log p̃) beyond which the log warns.
-        max_moment_gap: moment gap beyond which the log warns.
+        max_moment_gap: moment gap, beyond its noise, above which the log warns.
         min_swap_acceptance: tempering swap rate under which the log warns.
         seed, every_n_epochs, in_fast_dev_run: as for the other callbacks.
     """
@@ -171,17 +172,20 @@ class ChainHealth(EveryNEpochs):
             metrics |= {"health/data_logp": data_logp, "health/data_gap": data_logp - fresh_logp.mean()}
             gap, noise = moment_gap(codes, fresh.to(model.weight.dtype), model.weight, model.bias_h)
             metrics |= {"health/moment_gap": torch.tensor(gap), "health/moment_noise": torch.tensor(noise)}
-            if gap > max(self.max_moment_gap, 3 * noise):
+            if (beyond := gap_beyond_noise(gap, noise)) > self.max_moment_gap:
                 log.warning(
-                    "RBM health: the RBM's coupling statistics differ from the data codes' by %.0f%% (noise "
-                    "%.0f%%) at step %d: the RBM has not caught up with the codes the flow gives it, and its "
-                    "samples will not look like the data's however well its chains mix. Let the prior learn "
-                    "faster (--model.prior_optimizer's lr: the objective is in bits/dim, so an SGD rate acts "
-                    "on nats divided by dims·ln 2), keeping health/chain_lag small. A gap there from the "
-                    "first validations on was set by the flow's initial weights in docs/results.md (round "
-                    "6), where a faster prior narrowed it without closing it: compare another "
-                    "--seed_everything.",
+                    "RBM health: the RBM's coupling statistics differ from the data codes' by %.0f%% "
+                    "(%.0f%% beyond the noise of %d reference samples, %.0f%%) at step %d: the RBM has not "
+                    "caught up with the codes the flow gives it, and its samples will not look like the "
+                    "data's however well its chains mix (validation's short runs may still look good: "
+                    "docs/results.md, round 11). Let the prior learn faster (--model.prior_optimizer's lr: "
+                    "the objective is in bits/dim, so an SGD rate acts on nats divided by dims·ln 2), "
+                    "keeping health/chain_lag small. A gap there from the first validations on was set by "
+                    "the flow's initial weights in docs/results.md (round 6), where a faster prior "
+                    "narrowed it without closing it: compare another --seed_everything.",
                     100 * gap,
+                    100 * beyond,
+                    len(fresh),
                     100 * noise,
                     trainer.global_step,
                 )

@@ -10,7 +10,13 @@ import torch
 
 from ebmflow.callbacks import ChainHealth, SampleQuality
 from ebmflow.data import DigitsDataModule
-from ebmflow.health import class_coverage, class_shares, integrated_autocorrelation_time, moment_gap
+from ebmflow.health import (
+    class_coverage,
+    class_shares,
+    gap_beyond_noise,
+    integrated_autocorrelation_time,
+    moment_gap,
+)
 from priors import BlockGibbs, ParallelTempering, RBMPrior
 from priors.samplers import RBM, Sampler
 from tests.ebmflow.helpers import tiny_model, trainer
@@ -67,6 +73,40 @@ def test_moment_gap_exact_answers() -> None:
     assert moment_gap(codes, split, weight, bias_h) == pytest.approx((1.0, 0.5))
     assert moment_gap(codes, torch.ones(4, 2), weight, bias_h) == pytest.approx((0.5, 0.0))
     assert moment_gap(torch.ones(3, 5), torch.ones(4, 2), weight, torch.full((3,), 30.0)) == (0.0, 0.0)
+
+
+def test_gap_beyond_noise_exact_answers() -> None:
+    assert gap_beyond_noise(0.5, 0.3) == pytest.approx(0.4)
+    assert gap_beyond_noise(0.5, 0.0) == 0.5
+    assert gap_beyond_noise(0.2, 0.3) == 0.0  # less than noise: nothing beyond it
+
+
+@pytest.mark.parametrize("samples", [8, 16, 64])
+def test_the_moment_gaps_noise_is_its_sampling_bias(samples: int) -> None:
+    """Exact samples of an enumerable RBM (5 visible, 3 hidden units) against fixed codes: over 4,000
+    draws, gap² overestimates the exact squared gap (C_model by enumeration) and gap² − noise² does not
+    (within four standard errors): the noise is calibrated for the subtraction gap_beyond_noise makes."""
+    g = torch.Generator().manual_seed(0)
+    weight = 0.8 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    bias_v, bias_h = (0.5 * torch.randn(n, generator=g, dtype=torch.float64) for n in (5, 3))
+    states = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * 5)
+    p = torch.softmax(RBM(weight, bias_v, bias_h).neg_free_energy(states), 0)
+    exact = torch.einsum("s,si,sj->ij", p, states, torch.tanh(states @ weight + bias_h))
+    drawn = states[torch.multinomial(p, 30, replacement=True, generator=g)]  # codes near the model's
+    codes = torch.cat([drawn, torch.tanh(drawn @ weight + bias_h)], 1)
+    data = drawn.T @ codes[:, 5:] / len(codes)
+    true = float(((data - exact).norm() / data.norm()) ** 2)
+    gaps = torch.tensor(
+        [
+            moment_gap(
+                codes, states[torch.multinomial(p, samples, replacement=True, generator=g)], weight, bias_h
+            )
+            for _ in range(4000)
+        ]
+    )
+    raw, debiased = gaps[:, 0] ** 2, gaps[:, 0] ** 2 - gaps[:, 1] ** 2
+    assert raw.mean() - true > 10 * raw.std() / math.sqrt(len(raw))
+    assert abs(debiased.mean() - true) < 4 * debiased.std() / math.sqrt(len(debiased))
 
 
 def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(
@@ -174,6 +214,49 @@ def test_the_moment_gap_is_the_rbms_equilibrium_against_the_codes_not_the_chains
     assert abs(equilibrium - chains) > 0.1
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(equilibrium, abs=1e-5)
     assert run.callback_metrics["health/moment_noise"].item() == 0.0  # every fresh sample is the same
+
+
+class Halves(Sampler):
+    """A reference whose first half of the draws is all visible spins +1, the second all −1."""
+
+    def negative_phase(self, model: RBM) -> torch.Tensor:
+        return self.sample(model, 8)
+
+    def sample(self, model: RBM, n: int) -> torch.Tensor:
+        s = torch.ones(n, model.weight.shape[0], dtype=model.weight.dtype)
+        s[n // 2 :] = -1
+        return s
+
+
+@pytest.mark.parametrize(("bias_h", "warns"), [(0.3, True), (0.7, False)])
+def test_the_moment_gap_warns_on_what_lies_beyond_its_noise(
+    tmp_path: Path, caplog, bias_h: float, warns: bool
+) -> None:
+    """W = 0: C_model is mean(s_v) tanh(h_h)ᵀ, so the Halves reference's C_model is 0 (gap exactly 1) and
+    its halves differ by 2 · 1 tanh(h_h)ᵀ (noise ‖1 tanh(h_h)ᵀ‖ / ‖C_data‖). At h_h = 0.3 the noise is
+    0.58: a gap within three times it, which the old rule let pass, that lies 0.81 beyond it; at 0.7 the
+    noise (1.23) exceeds the gap, which is then nothing but noise."""
+    torch.manual_seed(0)  # the flow's initial weights, and so the codes
+    model = stuck_model(BlockGibbs(3, 8))
+    with torch.no_grad():
+        model.prior.bias[:52].fill_(0.5)
+        model.prior.bias[52:].fill_(bias_h)
+        model.prior.coupling.raw_weight.zero_()
+    health = ChainHealth(reference=Halves(), reference_samples=20, mixing_sweeps=10)
+    run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
+    with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
+        run.validate(model, DigitsDataModule(batch_size=64))
+    data = DigitsDataModule(batch_size=64)
+    data.setup("validate")
+    codes = 2 * model.eval().encode(next(iter(data.val_dataloader()))[0]) - 1
+    spins = model.prior.spin_model()
+    gap, noise = moment_gap(codes, Halves().sample(spins, 20), spins.weight, spins.bias_h)
+    assert gap == pytest.approx(1.0) and (noise < gap < 3 * noise) == warns
+    assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(gap, abs=1e-5)
+    assert run.callback_metrics["health/moment_noise"].item() == pytest.approx(noise, abs=1e-5)
+    assert ("not caught up with the codes" in caplog.text) == warns
+    if warns:
+        assert f"by 100% ({100 * gap_beyond_noise(gap, noise):.0f}% beyond the noise of 20" in caplog.text
 
 
 @pytest.mark.parametrize(("sigma", "capped"), [(1.5, False), (5.0, True)])
