@@ -100,20 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=12345, help="the training batches' order and noise")
     parser.add_argument("--out", type=Path, help="a new file for the rows as JSON lines")
-    parser.add_argument(
-        "--train-tempering",
-        type=int,
-        nargs=2,
-        metavar=("REPLICAS", "SWEEPS"),
-        help="train against parallel tempering (adaptive geometric ladder, SWEEPS sweeps a step)",
-    )
-    parser.add_argument(
-        "--equilibrium",
-        type=int,
-        nargs=2,
-        metavar=("REPLICAS", "SWEEPS"),
-        help="score samples from parallel tempering (geometric, β 1 to 0.1), not the generation sampler",
-    )
+    for option, purpose in (
+        (
+            "--train-tempering",
+            "train against parallel tempering (adaptive geometric ladder, SWEEPS sweeps a step)",
+        ),
+        (
+            "--equilibrium",
+            "score samples from parallel tempering (geometric, β 1 to 0.1), not the generation sampler",
+        ),
+    ):
+        parser.add_argument(option, type=int, nargs=2, metavar=("REPLICAS", "SWEEPS"), help=purpose)
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists: give --out a new file (this script never overwrites one)")
