@@ -77,20 +77,31 @@ def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -
     out). Computed from PCD's persistent chains instead, it is PCD's own gradient, which the training
     drives towards 0 even when the chains no longer represent the model. The gap is 0 when the RBM
     reproduces the codes' statistics; well above the noise, the RBM has not caught up with the codes
-    the flow gives it. The noise is ‖C_model(first half) − C_model(second half)‖ / (2 ‖C_data‖),
-    the standard deviation of C_model's error for independent samples.
+    the flow gives it. The noise is the standard deviation of the difference's error, for independent
+    samples and images: √(e_model² + e_data²) / ‖C_data‖, each e = ‖mean of the first half − mean of the
+    second half‖ / 2 of its terms (0 for fewer than two). Until round 12 (docs/results.md) it was the
+    samples' term alone; a few hundred images make the codes' term as large.
 
     Returns (gap, noise).
     """
     n_visible = weight.shape[0]
     codes = codes.to(weight.dtype)
-    data = codes[:, :n_visible].T @ codes[:, n_visible:] / len(codes)
+    data_v, data_h = codes[:, :n_visible], codes[:, n_visible:]
     samples = samples.to(weight.dtype)
     hidden = torch.tanh(samples @ weight + bias_h)
-    half = len(samples) // 2
-    first, second = (samples[p].T @ hidden[p] / half for p in (slice(0, half), slice(half, 2 * half)))
-    model = samples.T @ hidden / len(samples)
-    return float((data - model).norm() / data.norm()), float((first - second).norm() / 2 / data.norm())
+    data, model = data_v.T @ data_h / len(codes), samples.T @ hidden / len(samples)
+    error = math.hypot(_half_difference(data_v, data_h), _half_difference(samples, hidden))
+    return float((data - model).norm() / data.norm()), error / float(data.norm())
+
+
+def _half_difference(v: Tensor, h: Tensor) -> float:
+    """‖mean of v_i h_iᵀ over the first half of the rows − over the second half‖ / 2: the standard
+    deviation of the mean over all rows' error, for independent rows (0 for fewer than two)."""
+    half = len(v) // 2
+    if half == 0:
+        return 0.0
+    first, second = (v[p].T @ h[p] / half for p in (slice(0, half), slice(half, 2 * half)))
+    return float((first - second).norm() / 2)
 
 
 def gap_beyond_noise(gap: float, noise: float) -> float:
