@@ -69,7 +69,8 @@ def class_coverage(
 
 def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -> tuple[float, float]:
     """How far the RBM's equilibrium is from the codes: ‖C_data − C_model‖_F / ‖C_data‖_F for the coupling
-    statistics whose difference is the exact gradient of W (docs/maths.md §4), and its sampling noise.
+    statistics whose difference is, to within a few per cent (the correlation of z's residuals about the
+    codes, docs/maths.md §12), the gradient of W (§4), and its sampling noise.
 
     C_data is the mean of m_v m_hᵀ over images, m = E[s | z] (``codes``: (n, N), visible units first;
     p(s | z) factorises, so this is E[s_v s_hᵀ | z]); C_model the mean of s_v tanh(Wᵀs_v + h_h)ᵀ over
