@@ -79,9 +79,10 @@ def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -
     drives towards 0 even when the chains no longer represent the model. The gap is 0 when the RBM
     reproduces the codes' statistics; well above the noise, the RBM has not caught up with the codes
     the flow gives it. The noise is the standard deviation of the difference's error, for independent
-    samples and images: √(e_model² + e_data²) / ‖C_data‖, each e = ‖mean of the first half − mean of the
-    second half‖ / 2 of its terms (0 for fewer than two). Until round 12 (docs/results.md) it was the
-    samples' term alone; a few hundred images make the codes' term as large.
+    samples and images: √(e_model² + e_data²) / ‖C_data‖, each e² the unbiased estimate of its mean's
+    squared error (``_error_of_mean``; 0 for fewer than two terms). Until round 12 (docs/results.md) it
+    was the samples' term alone, from the difference of their two halves; a few hundred images make the
+    codes' term as large.
 
     Returns (gap, noise).
     """
@@ -91,27 +92,29 @@ def moment_gap(codes: Tensor, samples: Tensor, weight: Tensor, bias_h: Tensor) -
     samples = samples.to(weight.dtype)
     hidden = torch.tanh(samples @ weight + bias_h)
     data, model = data_v.T @ data_h / len(codes), samples.T @ hidden / len(samples)
-    error = math.hypot(_half_difference(data_v, data_h), _half_difference(samples, hidden))
-    return float((data - model).norm() / data.norm()), error / float(data.norm())
+    error = torch.hypot(_error_of_mean(data_v, data_h, data), _error_of_mean(samples, hidden, model))
+    return float((data - model).norm() / data.norm()), float(error / data.norm())
 
 
-def _half_difference(v: Tensor, h: Tensor) -> float:
-    """‖mean of v_i h_iᵀ over the first half of the rows − over the second half‖ / 2: the standard
-    deviation of the mean over all rows' error, for independent rows (0 for fewer than two)."""
-    half = len(v) // 2
-    if half == 0:
-        return 0.0
-    first, second = (v[p].T @ h[p] / half for p in (slice(0, half), slice(half, 2 * half)))
-    return float((first - second).norm() / 2)
+def _error_of_mean(v: Tensor, h: Tensor, mean: Tensor) -> Tensor:
+    """The standard error of ``mean`` = mean of the n rank-one terms v_i h_iᵀ (independent rows), in
+    Frobenius norm: √((Σ‖v_i‖²‖h_i‖² − n‖mean‖²) / (n (n − 1))), whose square is unbiased for the mean's
+    expected squared error; 0 for n < 2."""
+    n = len(v)
+    if n < 2:
+        return mean.new_zeros(())
+    spread = ((v * v).sum(1) * (h * h).sum(1)).sum() - n * (mean * mean).sum()
+    return (spread.clamp_min(0) / (n * (n - 1))).sqrt()
 
 
 def gap_beyond_noise(gap: float, noise: float) -> float:
-    """The part of a ``moment_gap`` that its samples' noise does not explain: √max(gap² − noise², 0).
+    """The part of a ``moment_gap`` that its noise does not explain: √max(gap² − noise², 0).
 
-    The samples' error in C_model is independent of the true difference C_data − E[C_model] and its
-    expected squared norm is noise² (relative to ‖C_data‖), so gap² overestimates the squared true gap by
-    noise² on average and gap² − noise² estimates it without bias. A gap equal to its noise is what
-    samples of an RBM that matched the codes exactly would give.
+    The errors of C_data and C_model (from finitely many images and samples) are independent of the true
+    difference, with expected squared norm estimated without bias by noise² (relative to ‖C_data‖), so
+    gap² overestimates the squared true gap by noise² on average and gap² − noise² estimates it without
+    bias (up to dividing by the estimated ‖C_data‖). A gap equal to its noise is what codes and samples
+    of an RBM that matched the data exactly would give.
     """
     return math.sqrt(max(gap**2 - noise**2, 0.0))
 

@@ -20,8 +20,10 @@ row keeps the ladder's smallest swap acceptance): the RBM's own distribution, wh
 flatter it (docs/results.md, rounds 10b and 11). ``--train-tempering REPLICAS SWEEPS`` trains the prior's
 negative phase by parallel tempering instead of the run's sampler (as many chains per replica, an adaptive
 geometric ladder from β 1 to 0.1, SWEEPS sweeps a step, burnt in for ``BURN_IN`` sweeps from fair coins
-first): a prior learning against its equilibrium rather than against short runs. Validation's samples
-stay the run's generation sampler's.
+first, from its own seed, so the training batches and their noise are a plain run's): a prior learning
+against its equilibrium rather than against short runs. Validation's samples stay the run's generation
+sampler's. (Round 12's rows were drawn before the burn-in had its own seed: rerun, they differ by
+sampling noise.)
 Nothing in RUN_DIR is written; ``--out`` (a new file) keeps the rows as JSON lines.
 """
 
@@ -70,7 +72,8 @@ def train_prior(
 def burnt_in_tempering(prior: RBMPrior, replicas: int, sweeps: int) -> ParallelTempering:
     """A training sampler for ``prior`` in place of its own: parallel tempering with as many chains per
     replica, ``replicas`` replicas on an adaptive geometric ladder (β 1 to 0.1), ``sweeps`` sweeps a step,
-    its states run from fair coins for ``BURN_IN`` sweeps (its swap counts then cleared)."""
+    its states run from fair coins for ``BURN_IN`` sweeps, the ladder adapting as in training (its swap
+    counts then cleared)."""
     sampler = ParallelTempering(
         sweeps, chains=len(prior.sampler.persistent_states()), replicas=replicas, adaptive=True
     )
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     data.setup("fit")
     torch.manual_seed(args.seed)
     if args.train_tempering is not None:
-        prior.sampler = burnt_in_tempering(prior, *args.train_tempering)
+        with fixed_noise(args.seed + 1):  # the training stream stays a plain run's: batches, noise
+            prior.sampler = burnt_in_tempering(prior, *args.train_tempering)
     train_prior(model, endless(data.train_dataloader()), args.steps, after_step)
     if out is not None:
         out.close()

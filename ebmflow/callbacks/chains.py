@@ -180,8 +180,9 @@ class ChainHealth(EveryNEpochs):
             if (beyond := gap_beyond_noise(gap, noise)) > self.max_moment_gap:
                 log.warning(
                     "RBM health: the RBM's coupling statistics differ from the data codes' by %.0f%% "
-                    "(%.0f%% beyond the noise of %d reference samples, %.0f%%) at step %d: the RBM has not "
-                    "caught up with the codes the flow gives it, and its samples will not look like the "
+                    "(%.0f%% beyond its sampling noise of %.0f%%: %d reference samples, %d codes) at step "
+                    "%d: the RBM has not caught up with the codes the flow gives it, and its samples will "
+                    "not look like the "
                     "data's however well its chains mix (validation's short runs may still look good: "
                     "docs/results.md, round 11). Let the prior learn faster (--model.prior_optimizer's lr: "
                     "the objective is in bits/dim, so an SGD rate acts on nats divided by dims·ln 2), "
@@ -190,8 +191,9 @@ class ChainHealth(EveryNEpochs):
                     "narrowed it without closing it: compare another --seed_everything.",
                     100 * gap,
                     100 * beyond,
-                    len(fresh),
                     100 * noise,
+                    len(fresh),
+                    len(codes),
                     trainer.global_step,
                 )
         if metrics["health/energy_iat"] * SLOW_MIXING > self.mixing_sweeps:

@@ -94,7 +94,7 @@ def test_training_against_tempering_burns_its_ladder_in_and_advances_it_each_ste
 
 
 def test_equilibrium_rows_come_from_tempering_and_training_against_it_leaves_step_0_alone(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """--equilibrium scores tempering's samples (other rows than the generation sampler's, each with its
     ladder's smallest swap acceptance); --train-tempering changes training, not the step-0 rows."""
@@ -119,12 +119,14 @@ def test_equilibrium_rows_come_from_tempering_and_training_against_it_leaves_ste
 
     plain = rows("plain")
     equilibrium = rows("equilibrium", "--equilibrium", "3", "4")
+    capsys.readouterr()
     both = rows("both", "--equilibrium", "3", "4", "--train-tempering", "2", "5")
+    assert "step 1: training ladder's smallest swap acceptance" in capsys.readouterr().out
     assert "smallest_swap_acceptance" not in plain[0]
     assert all(0 <= row["smallest_swap_acceptance"] <= 1 for row in equilibrium + both)
     assert equilibrium[0]["fid"] != plain[0]["fid"]
     assert both[0] == equilibrium[0]
-    assert both[1]["fid"] != equilibrium[1]["fid"]  # trained against another negative phase
+    assert both[1]["fid"] != equilibrium[1]["fid"]  # trained against another negative phase, same batches
     assert snapshot(run) == files
 
 

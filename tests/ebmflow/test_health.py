@@ -69,8 +69,10 @@ def test_moment_gap_exact_answers() -> None:
     """W = 0 and h_h = atanh(1/2): every hidden mean is 1/2, so C_model = mean(s_v) · 1/2."""
     weight, bias_h = torch.zeros(2, 3), torch.full((3,), math.atanh(0.5))
     codes = torch.ones(1, 5)  # one image, every spin certain to be +1: C_data = ones(2, 3)
-    split = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])  # halves at ±1/2
-    assert moment_gap(codes, split, weight, bias_h) == pytest.approx((1.0, 0.5))
+    # C_model = 0 from four terms ±½·ones(2, 3) (‖·‖² = 3/2 each): e² = (4 · 3/2 − 0) / (4 · 3) = 1/2,
+    # relative to ‖C_data‖² = 6; one image gives no estimate of the codes' error (0)
+    split = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    assert moment_gap(codes, split, weight, bias_h) == pytest.approx((1.0, math.sqrt(1 / 12)))
     assert moment_gap(codes, torch.ones(4, 2), weight, bias_h) == pytest.approx((0.5, 0.0))
     assert moment_gap(torch.ones(3, 5), torch.ones(4, 2), weight, torch.full((3,), 30.0)) == (0.0, 0.0)
 
@@ -81,7 +83,7 @@ def test_gap_beyond_noise_exact_answers() -> None:
     assert gap_beyond_noise(0.2, 0.3) == 0.0  # less than noise: nothing beyond it
 
 
-@pytest.mark.parametrize(("images", "samples"), [(200, 8), (200, 64), (50, 16)])
+@pytest.mark.parametrize(("images", "samples"), [(200, 8), (200, 64), (50, 16), (51, 15)])
 def test_the_moment_gaps_noise_is_all_of_its_bias_when_the_rbm_matches_the_codes(
     images: int, samples: int
 ) -> None:
@@ -169,12 +171,14 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
     assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
     assert "lag the model by" in caplog.text and "prior_lr" in caplog.text and "restart 0.2" in caplog.text
     # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, and the samples add no
-    # noise: all of it is the 64 codes' own, half of them against the other half
+    # noise: all of it is the standard error of the 64 codes' mean of v hᵀ
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
     v, h = validation_codes(model).split([52, 12], 1)
-    first, second = v[:32].T @ h[:32] / 32, v[32:].T @ h[32:] / 32
-    codes_noise = (first - second).norm() / 2 / (v.T @ h / 64).norm()
-    assert run.callback_metrics["health/moment_noise"].item() == pytest.approx(codes_noise.item(), rel=1e-5)
+    terms = torch.einsum("ni,nj->nij", v, h)
+    mean = terms.mean(0)
+    standard_error = ((terms - mean).pow(2).sum() / (64 * 63)).sqrt()
+    expected = (standard_error / mean.norm()).item()
+    assert run.callback_metrics["health/moment_noise"].item() == pytest.approx(expected, rel=1e-4)
     assert "not caught up with the codes" in caplog.text
 
 
@@ -237,34 +241,37 @@ class Halves(Sampler):
         return s
 
 
-@pytest.mark.parametrize(("bias_h", "warns"), [(0.3, True), (0.7, False)])
+@pytest.mark.parametrize(("bias_h", "warns"), [(0.45, True), (0.7, False)])
 def test_the_moment_gap_warns_on_what_lies_beyond_its_noise(
     tmp_path: Path, caplog, bias_h: float, warns: bool
 ) -> None:
-    """W = 0: C_model is mean(s_v) tanh(h_h)ᵀ, so the Halves reference's C_model is 0 (gap exactly 1) and
-    its halves differ by 2 · 1 tanh(h_h)ᵀ (the samples' share of the noise, ‖1 tanh(h_h)ᵀ‖ / ‖C_data‖,
-    beside that of the 64 images' codes). At h_h = 0.3 the noise is 0.62: a gap within three times it,
-    which the old rule let pass, that lies 0.78 beyond it; at 0.7 the noise (1.24) exceeds the gap, which
-    is then nothing but noise."""
+    """W = 0: C_model is mean(s_v) tanh(h_h)ᵀ, so the Halves reference's two samples (all +1, all −1)
+    give C_model = 0 (gap exactly 1) with a standard error of ‖1 tanh(h_h)ᵀ‖, beside the 64 codes'.
+    At h_h = 0.45 the noise is 0.87: a gap within three times its noise (the old rule's silence) and
+    within 0.2 of it, that lies 0.49 beyond it; at 0.7 the noise (1.24) exceeds the gap, which is then
+    nothing but noise."""
     torch.manual_seed(0)  # the flow's initial weights, and so the codes
     model = stuck_model(BlockGibbs(3, 8))
     with torch.no_grad():
         model.prior.bias[:52].fill_(0.5)
         model.prior.bias[52:].fill_(bias_h)
         model.prior.coupling.raw_weight.zero_()
-    health = ChainHealth(reference=Halves(), reference_samples=20, mixing_sweeps=10)
+    health = ChainHealth(reference=Halves(), reference_samples=2, mixing_sweeps=10)
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
         run.validate(model, DigitsDataModule(batch_size=64))
     codes = validation_codes(model)
     spins = model.prior.spin_model()
-    gap, noise = moment_gap(codes, Halves().sample(spins, 20), spins.weight, spins.bias_h)
-    assert gap == pytest.approx(1.0) and (noise < gap < 3 * noise) == warns
+    gap, noise = moment_gap(codes, Halves().sample(spins, 2), spins.weight, spins.bias_h)
+    assert gap == pytest.approx(1.0) and (noise < gap < noise + 0.2) == warns
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(gap, abs=1e-5)
     assert run.callback_metrics["health/moment_noise"].item() == pytest.approx(noise, abs=1e-5)
     assert ("not caught up with the codes" in caplog.text) == warns
     if warns:
-        assert f"by 100% ({100 * gap_beyond_noise(gap, noise):.0f}% beyond the noise of 20" in caplog.text
+        beyond, noise = 100 * gap_beyond_noise(gap, noise), 100 * noise
+        said = f"by 100% ({beyond:.0f}% beyond its sampling noise of {noise:.0f}%: 2 reference samples, "
+        said += "64 codes)"
+        assert said in caplog.text
 
 
 @pytest.mark.parametrize(("sigma", "capped"), [(1.5, False), (5.0, True)])
@@ -311,7 +318,14 @@ def test_chain_health_reports_its_references_swap_acceptance(tmp_path: Path, cap
         if not energy:
             model.prior.bias.zero_()
     reference = ParallelTempering(steps=20, replicas=2, min_beta=0.001)
-    health = ChainHealth(reference=reference, reference_samples=20, mixing_sweeps=10)
+    # the training sampler's threshold above 1 would flag any rate: the reference's own one decides
+    health = ChainHealth(
+        reference=reference,
+        reference_samples=20,
+        mixing_sweeps=10,
+        min_swap_acceptance=1.5,
+        min_reference_acceptance=0.5,
+    )
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
         run.validate(model, DigitsDataModule(batch_size=64))
