@@ -75,6 +75,8 @@ def test_moment_gap_exact_answers() -> None:
     assert moment_gap(codes, split, weight, bias_h) == pytest.approx((1.0, math.sqrt(1 / 12)))
     assert moment_gap(codes, torch.ones(4, 2), weight, bias_h) == pytest.approx((0.5, 0.0))
     assert moment_gap(torch.ones(3, 5), torch.ones(4, 2), weight, torch.full((3,), 30.0)) == (0.0, 0.0)
+    gap, noise = moment_gap(torch.zeros(3, 5), split, weight, bias_h)  # codes of no information: C_data = 0
+    assert math.isnan(gap) and math.isinf(noise)  # reported, not raised
 
 
 def test_gap_beyond_noise_exact_answers() -> None:
