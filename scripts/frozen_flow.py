@@ -20,7 +20,7 @@ row keeps the ladder's smallest swap acceptance): the RBM's own distribution, wh
 flatter it (docs/results.md, rounds 10b and 11). ``--train-tempering REPLICAS SWEEPS`` trains the prior's
 negative phase by parallel tempering instead of the run's sampler (as many chains per replica, an adaptive
 geometric ladder from β 1 to 0.1, SWEEPS sweeps a step, burnt in for ``BURN_IN`` sweeps from fair coins
-first, from its own seed, so the training batches and their noise are a plain run's): a prior learning
+first, from its own seed, so the training random stream starts where a plain run's does): a prior learning
 against its equilibrium rather than against short runs. Validation's samples stay the run's generation
 sampler's. (Round 12's rows were drawn before the burn-in had its own seed: rerun, they differ by
 sampling noise.)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     data.setup("fit")
     torch.manual_seed(args.seed)
     if args.train_tempering is not None:
-        with fixed_noise(args.seed + 1):  # the training stream stays a plain run's: batches, noise
+        with fixed_noise(args.seed + 1):  # the training stream starts where a plain run's does
             prior.sampler = burnt_in_tempering(prior, *args.train_tempering)
     train_prior(model, endless(data.train_dataloader()), args.steps, after_step)
     if out is not None:

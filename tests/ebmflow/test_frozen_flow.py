@@ -126,7 +126,7 @@ def test_equilibrium_rows_come_from_tempering_and_training_against_it_leaves_ste
     assert all(0 <= row["smallest_swap_acceptance"] <= 1 for row in equilibrium + both)
     assert equilibrium[0]["fid"] != plain[0]["fid"]
     assert both[0] == equilibrium[0]
-    assert both[1]["fid"] != equilibrium[1]["fid"]  # trained against another negative phase, same batches
+    assert both[1]["fid"] != equilibrium[1]["fid"]  # trained against another negative phase
     assert snapshot(run) == files
 
 
