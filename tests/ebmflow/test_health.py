@@ -308,6 +308,29 @@ def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> No
     assert run.callback_metrics["health/beta_2"].item() == pytest.approx(0.001)
 
 
+def test_the_default_reference_mixes_where_the_earlier_one_did_not() -> None:
+    """A stand-in for round 11's Fashion-MNIST RBMs (N = 784, where the earlier default's worst pair
+    accepted 0.3–0.6 % of swaps): 392 visible units each pulled by a field of 1 (W = 0). Its energy spread
+    stalls 10 replicas × 200 sweeps under the reference's warning threshold; the default ladder, 20 × 500,
+    swaps at several times it."""
+    rbm = RBM(torch.zeros(392, 392), torch.ones(392), torch.zeros(392))
+    health = ChainHealth()
+    rates = {}
+    for name, reference in {
+        "default": health.reference,
+        "earlier": ParallelTempering(200, replicas=10),
+    }.items():
+        torch.manual_seed(0)
+        reference.sample(rbm, 20)
+        rates[name] = reference.sample_acceptance.min().item()
+    assert (
+        rates["earlier"]
+        < health.min_reference_acceptance
+        < 3 * health.min_reference_acceptance
+        < rates["default"]
+    )
+
+
 @pytest.mark.parametrize("energy", [False, True])
 def test_chain_health_reports_its_references_swap_acceptance(tmp_path: Path, caplog, energy: bool) -> None:
     """The reference's smallest swap rate: exactly 1 where the RBM has no energy (every state equally
