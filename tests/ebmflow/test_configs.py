@@ -97,6 +97,18 @@ def test_the_opt_in_rbm_overlays_compose_in_any_order(order: str) -> None:
     assert kinds.count("ModelCheckpoint") == 2 and {"SampleQuality", "ChainHealth"} <= set(kinds)
 
 
+def test_the_tempering_overlay_trains_against_an_adaptive_ladder_and_validates_as_before() -> None:
+    """rbm_tempering.yaml (round 13): tempering replaces rbm.yaml's Gibbs sampler in training, with its
+    own arguments only (none of BlockGibbs's carried over), and validation still samples 50 Gibbs sweeps."""
+    cli = build(*paper("fashion_mnist", "rbm"), CONF / "fashion_mnist" / "rbm_tempering.yaml")
+    sampler, generation = cli.model.prior.sampler, cli.model.prior.generation_sampler
+    assert type(sampler).__name__ == "ParallelTempering" and sampler.adaptive
+    assert (sampler.steps, sampler.num_chains, len(sampler.betas)) == (5, 100, 20)
+    assert type(generation).__name__ == "BlockGibbs" and (generation.steps, generation.restart) == (50, 0)
+    sgd = cli.model.configure_optimizers().optimizers[1]
+    assert sgd.param_groups[0]["lr"] == 0.003 and sgd.param_groups[0]["momentum"] == 0.9
+
+
 def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
     tiny_config: Path, tmp_path: Path
 ) -> None:
@@ -131,6 +143,11 @@ COMBINATIONS = [
     (
         *paper("fashion_mnist", "rbm"),
         CONF / "fashion_mnist" / "rbm_restart.yaml",
+        CONF / "prior_averaging.yaml",
+    ),
+    (
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "cpu_small")),
         CONF / "prior_averaging.yaml",
     ),
 ]
