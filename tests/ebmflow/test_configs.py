@@ -99,7 +99,7 @@ def test_the_opt_in_rbm_overlays_compose_in_any_order(order: str) -> None:
 
 def test_the_tempering_overlay_trains_against_an_adaptive_ladder_and_validates_as_before() -> None:
     """rbm_tempering.yaml (round 13): tempering replaces rbm.yaml's Gibbs sampler in training, with its
-    own arguments only (none of BlockGibbs's carried over), and validation still samples 50 Gibbs sweeps."""
+    own arguments (5 sweeps, not rbm.yaml's 50), and validation still samples 50 Gibbs sweeps."""
     cli = build(*paper("fashion_mnist", "rbm"), CONF / "fashion_mnist" / "rbm_tempering.yaml")
     sampler, generation = cli.model.prior.sampler, cli.model.prior.generation_sampler
     assert type(sampler).__name__ == "ParallelTempering" and sampler.adaptive

@@ -138,3 +138,23 @@ def test_a_ladder_of_one_replica_is_refused(
         main([str(tmp_path), option, "1", "5"])
     assert exit.value.code == 2
     assert f"{option} takes REPLICAS >= 2 and SWEEPS >= 1, got [1, 5]" in capsys.readouterr().err
+
+
+def test_the_burn_in_leaves_the_training_stream_where_a_plain_run_starts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--train-tempering's burn-in draws from its own seed: training (batches, dequantization noise,
+    restarts) starts from the same random state as without it, so the two runs differ by their negative
+    phase alone."""
+    run = fit_run(tmp_path, TINY["model"]["prior"])
+    states = []
+
+    def recording(*args, **kwargs) -> None:
+        states.append(torch.random.get_rng_state())
+        train_prior(*args, **kwargs)
+
+    monkeypatch.setattr("scripts.frozen_flow.train_prior", recording)
+    common = [str(run), "--steps", "0", "--control-seeds", "0", "--feature", "digits", "--samples", "10"]
+    main(common)
+    main([*common, "--train-tempering", "2", "5"])
+    assert len(states) == 2 and torch.equal(states[0], states[1])
