@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LRScheduler
 
 from ebmflow.callbacks.averaging import LIVE_PRIOR_KEY, PriorAveraging
 from ebmflow.loggers import CSVLogger
@@ -56,7 +57,11 @@ class EBMFlow(L.LightningModule):
         prior_optimizer: an optimiser factory for the prior's parameters alone (None: the prior
             learns with ``optimizer``), e.g. ``torch.optim.SGD`` with momentum, as RBMs are usually
             trained; ``prior_lr``, when given, sets its rate. Both step as one optimiser (one global
-            step per batch; schedulers and gradient clipping act on both).
+            step per batch; ``lr_scheduler`` and gradient clipping act on both).
+        prior_lr_scheduler: a scheduler factory for ``prior_optimizer`` alone, stepped after every
+            optimiser step and saved in the checkpoints (``train/prior_lr`` logs the rate), e.g.
+            ``torch.optim.lr_scheduler.ExponentialLR`` for an RBM's rate that starts fast and decays. It
+            cannot be combined with ``lr_scheduler``, which sets the prior's rate too.
         importance_samples: K of the importance-weighted test estimate (0 turns it off; Flow++: 4096).
         nonfinite: "stop" ends training at a non-finite loss or gradient, naming the step and the term;
             "skip" skips that batch (no update) and counts it (``train/skipped_batches``).
@@ -76,6 +81,7 @@ class EBMFlow(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         prior_lr: float | None = None,
         prior_optimizer: OptimizerCallable | None = None,
+        prior_lr_scheduler: LRSchedulerCallable | None = None,
         importance_samples: int = 16,
         nonfinite: Literal["stop", "skip"] = "stop",
         max_skipped: int = 10,
@@ -92,12 +98,30 @@ class EBMFlow(L.LightningModule):
             raise ValueError(f'nonfinite must be "stop" or "skip", got {nonfinite!r}')
         if prior_lr is not None and prior_lr <= 0:
             raise ValueError(f"prior_lr must be positive (or null for the optimiser's), got {prior_lr}")
+        if prior_lr_scheduler is not None and prior_optimizer is None:
+            raise ValueError(
+                "prior_lr_scheduler schedules the prior's own optimiser: set --model.prior_optimizer too "
+                "(e.g. torch.optim.SGD), or --model.lr_scheduler to schedule every parameter's rate at once"
+            )
+        if prior_lr_scheduler is not None and lr_scheduler is not None:
+            raise ValueError(
+                "lr_scheduler sets every parameter group's rate, the prior's included, so with "
+                "prior_lr_scheduler the prior's rate would be scheduled twice: give only one of them"
+            )
         if max_skipped < 0:
             raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
         if importance_samples < 0:
             raise ValueError(f"importance_samples must be >= 0, got {importance_samples}")
         self.save_hyperparameters(
-            ignore=["flow", "prior", "dequantizer", "optimizer", "lr_scheduler", "prior_optimizer"]
+            ignore=[
+                "flow",
+                "prior",
+                "dequantizer",
+                "optimizer",
+                "lr_scheduler",
+                "prior_optimizer",
+                "prior_lr_scheduler",
+            ]
         )
         self.flow = flow
         self.prior = prior
@@ -114,6 +138,9 @@ class EBMFlow(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.prior_lr = prior_lr
         self.prior_optimizer_factory = prior_optimizer
+        self.prior_scheduler_factory = prior_lr_scheduler
+        self.prior_scheduler: LRScheduler | None = None
+        self._saved_prior_schedule: tuple[dict | None] | None = None  # (state,) once a checkpoint is read
         self.importance_samples = importance_samples
         self.nonfinite = nonfinite
         self.max_skipped = max_skipped
@@ -154,10 +181,15 @@ class EBMFlow(L.LightningModule):
         if self.prior_lr is not None:
             prior_group["lr"] = self.prior_lr
         rest = {"params": [p for p in self.parameters() if id(p) not in in_prior]}
-        if self.prior_optimizer_factory is not None and prior_parameters:
-            optimizer = CombinedOptimizer(
-                [self.optimizer_factory([rest]), self.prior_optimizer_factory([prior_group])]
+        if self.prior_scheduler_factory is not None and not prior_parameters:
+            raise ValueError(
+                f"{type(self.prior).__name__} has no parameters for --model.prior_lr_scheduler to schedule: "
+                "drop it (and --model.prior_optimizer) for this prior"
             )
+        if self.prior_optimizer_factory is not None and prior_parameters:
+            prior_optimizer = self.prior_optimizer_factory([prior_group])
+            optimizer = CombinedOptimizer([self.optimizer_factory([rest]), prior_optimizer])
+            self._start_prior_schedule(prior_optimizer)
         elif self.prior_lr is not None and prior_parameters:
             optimizer = self.optimizer_factory([rest, prior_group])
         else:
@@ -168,6 +200,29 @@ class EBMFlow(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
         }
+
+    def _start_prior_schedule(self, optimizer: torch.optim.Optimizer) -> None:
+        """Builds the prior's scheduler (when asked for) and, on resume, restores its state; Lightning
+        only schedules optimisers that configure_optimizers returns, so this module steps it."""
+        saved, self._saved_prior_schedule = self._saved_prior_schedule, None
+        resumed_state = saved[0] if saved is not None else None
+        if saved is not None and (resumed_state is None) != (self.prior_scheduler_factory is None):
+            had = "had" if resumed_state is not None else "had no"
+            raise ValueError(
+                f"the checkpoint's run {had} a prior learning-rate schedule and this run "
+                f"{'has none' if resumed_state is not None else 'has one'}: resume with the same "
+                "--model.prior_lr_scheduler setting (the run's config.yaml has it)"
+            )
+        if self.prior_scheduler_factory is None:
+            return
+        self.prior_scheduler = self.prior_scheduler_factory(optimizer)
+        if resumed_state is not None:
+            self.prior_scheduler.load_state_dict(resumed_state)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.prior_scheduler is not None:
+            self.prior_scheduler.step()
 
     # -------------------------------------------------------------------------------------- densities
     def _latent(self, images: Tensor, dequantizer: Dequantizer) -> tuple[Tensor, Tensor, Tensor]:
@@ -249,6 +304,8 @@ class EBMFlow(L.LightningModule):
         # min_steps / min_epochs are not met; a stop at a scheduled validation still validates once.
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
+        if self.prior_scheduler is not None:
+            self.log("train/prior_lr", self.prior_scheduler.get_last_lr()[0])
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -365,6 +422,8 @@ class EBMFlow(L.LightningModule):
         checkpoint["ebmflow_rng"] = state
         checkpoint["ebmflow_skipped_batches"] = self.skipped_batches
         checkpoint["ebmflow_wall_seconds"] = self.wall_seconds
+        if self.prior_scheduler is not None:
+            checkpoint["ebmflow_prior_lr_scheduler"] = self.prior_scheduler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rank = self.global_rank
@@ -378,6 +437,7 @@ class EBMFlow(L.LightningModule):
         self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
         self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
         self._averaged_checkpoint = LIVE_PRIOR_KEY in checkpoint
+        self._saved_prior_schedule = (checkpoint.get("ebmflow_prior_lr_scheduler"),)
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch

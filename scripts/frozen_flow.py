@@ -51,9 +51,10 @@ def train_prior(
     model: EBMFlow, batches: Iterator[tuple[Tensor, Tensor]], steps: int, after_step: Callable[[int], None]
 ) -> None:
     """``steps`` updates of the prior alone on the latents of ``batches`` (the flow frozen), by the run's
-    own optimiser; ``after_step(step)`` after each."""
+    own optimiser at its starting rate (neither --model.lr_scheduler nor --model.prior_lr_scheduler is
+    stepped); ``after_step(step)`` after each."""
     optimizer = model.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer  # no schedule
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     scale = model.dims * math.log(2)  # the training objective is in bits/dim
     for step in range(1, steps + 1):
         images, _ = next(batches)

@@ -109,6 +109,22 @@ def test_the_tempering_overlay_trains_against_an_adaptive_ladder_and_validates_a
     assert sgd.param_groups[0]["lr"] == 0.003 and sgd.param_groups[0]["momentum"] == 0.9
 
 
+def test_the_decay_overlay_starts_the_prior_fast_and_ends_it_ten_times_slower_after_3000_steps() -> None:
+    """rbm_decay.yaml (round 14) after rbm_tempering.yaml: the prior's SGD starts at 0.03, not
+    rbm_tempering's 0.003, and its own schedule brings it to within 0.1 % of 0.003 at step 3,000; the
+    flow's Adam keeps its rate."""
+    cli = build(
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "rbm_decay", "cpu_small")),
+    )
+    adam, sgd = cli.model.configure_optimizers().optimizers
+    assert sgd.param_groups[0]["lr"] == 0.03 and sgd.param_groups[0]["momentum"] == 0.9
+    for _ in range(3000):
+        cli.model.prior_scheduler.step()
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.003, rel=1e-3)
+    assert adam.param_groups[0]["lr"] == 0.001
+
+
 def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
     tiny_config: Path, tmp_path: Path
 ) -> None:
@@ -148,6 +164,11 @@ COMBINATIONS = [
     (
         *paper("fashion_mnist", "rbm"),
         *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "cpu_small")),
+        CONF / "prior_averaging.yaml",
+    ),
+    (
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "rbm_decay", "cpu_small")),
         CONF / "prior_averaging.yaml",
     ),
 ]

@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
+from torch.optim.lr_scheduler import ExponentialLR, LinearLR, StepLR
 
 from ebmflow.data import DigitsDataModule
 from ebmflow.module import NonFiniteLossError
@@ -15,8 +16,18 @@ from priors import GaussianPrior
 from tests.ebmflow.helpers import tiny_model, trainer
 
 
+def momentum_sgd(params):
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.9)
+
+
 @pytest.mark.parametrize(
-    "options", [{}, {"prior_optimizer": lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9)}]
+    "options",
+    [
+        {},
+        {"prior_optimizer": momentum_sgd},
+        {"prior_optimizer": momentum_sgd, "prior_lr_scheduler": lambda o: StepLR(o, step_size=4, gamma=0.5)},
+    ],
+    ids=["one optimiser", "prior optimiser", "prior schedule"],
 )
 def test_resume_continues_exactly_from_every_checkpoint(
     tmp_path: Path, options: dict, device: torch.device
@@ -304,3 +315,75 @@ def test_prior_optimizer_steps_the_prior_by_its_own_rule(tmp_path: Path) -> None
         else:  # Adam's first step moves by lr · g / (|g| + eps)
             step = 1e-2 * g1[name] / (g1[name].abs() + 1e-8)
             torch.testing.assert_close(p1[name], p0[name] - step, rtol=0, atol=1e-6)
+
+
+def test_the_prior_schedule_sets_the_prior_rate_alone_at_every_step(tmp_path: Path) -> None:
+    """Adam for the flow, plain SGD for the prior halving its rate every step: the prior's k-th update
+    is lr · 0.5^k times its gradient, the flow's rate never changes, and train/prior_lr logs the rate
+    the next step will use."""
+
+    class Record(L.Callback):
+        def __init__(self) -> None:
+            self.params, self.grads, self.rates = [], [], []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.params.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+            self.grads.append({n: p.grad.clone() for n, p in pl_module.named_parameters()})
+            self.rates.append([group["lr"] for group in optimizer.param_groups])
+
+    model = tiny_model(
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+        prior_optimizer=lambda params: torch.optim.SGD(params, lr=0.4),
+        prior_lr_scheduler=lambda optimizer: ExponentialLR(optimizer, gamma=0.5),
+    )
+    record = Record()
+    run = trainer(tmp_path, max_steps=3, callbacks=[record], log_every_n_steps=1)
+    run.fit(model, DigitsDataModule(batch_size=64))
+    assert record.rates == [[1e-2, 0.4], [1e-2, 0.2], [1e-2, 0.1]]
+    assert run.callback_metrics["train/prior_lr"].item() == pytest.approx(0.05, abs=1e-7)
+    final = dict(model.named_parameters())
+    for name, _ in model.prior.named_parameters():
+        name = f"prior.{name}"
+        for k, rate in enumerate([0.4, 0.2, 0.1]):
+            after = record.params[k + 1][name] if k < 2 else final[name].detach()
+            expected = record.params[k][name] - rate * record.grads[k][name]
+            torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+
+
+def test_prior_schedule_settings_that_cannot_work_fail_before_training(tmp_path: Path) -> None:
+    """A schedule without the prior's own optimiser, beside the global one, or for a prior without
+    parameters fails at once and names the fix; so does resuming a checkpoint whose schedule setting
+    differs from the run's, before any step."""
+    schedule = dict(prior_lr_scheduler=lambda optimizer: ExponentialLR(optimizer, gamma=0.5))
+    with pytest.raises(ValueError, match=r"--model\.prior_optimizer"):
+        tiny_model(**schedule)
+    with pytest.raises(ValueError, match="only one"):
+        tiny_model(
+            prior_optimizer=momentum_sgd,
+            lr_scheduler=lambda optimizer: LinearLR(optimizer, 0.5, total_iters=2),
+            **schedule,
+        )
+    model = tiny_model(prior=GaussianPrior(64), prior_optimizer=momentum_sgd, **schedule)
+    with pytest.raises(ValueError, match="GaussianPrior has no parameters"):
+        trainer(tmp_path / "gaussian", max_steps=1).fit(model, DigitsDataModule(batch_size=64))
+
+    checkpoints = {}
+    for name, options in {"plain": {}, "scheduled": schedule}.items():
+        last = ModelCheckpoint(tmp_path / name, filename="last", enable_version_counter=False)
+        trainer(tmp_path / name, max_steps=2, callbacks=[last]).fit(
+            tiny_model(prior_optimizer=momentum_sgd, **options), DigitsDataModule(batch_size=64)
+        )
+        checkpoints[name] = tmp_path / name / "last.ckpt"
+    for saved, options in [("plain", schedule), ("scheduled", {})]:
+        steps: list[int] = []
+        record = LambdaCallback(
+            on_train_batch_start=lambda trainer, *_, seen=steps: seen.append(trainer.global_step)
+        )
+        with pytest.raises(ValueError, match=r"resume with the same --model\.prior_lr_scheduler"):
+            trainer(tmp_path / f"resume-{saved}", max_steps=4, callbacks=[record]).fit(
+                tiny_model(prior_optimizer=momentum_sgd, **options),
+                DigitsDataModule(batch_size=64),
+                ckpt_path=checkpoints[saved],
+                weights_only=False,
+            )
+        assert steps == []  # stopped before its first step
