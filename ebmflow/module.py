@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ebmflow.callbacks.averaging import LIVE_PRIOR_KEY, PriorAveraging
 from ebmflow.loggers import CSVLogger
@@ -140,7 +143,7 @@ class EBMFlow(L.LightningModule):
         self.prior_optimizer_factory = prior_optimizer
         self.prior_scheduler_factory = prior_lr_scheduler
         self.prior_scheduler: LRScheduler | None = None
-        self._saved_prior_schedule: tuple[dict | None] | None = None  # (state,) once a checkpoint is read
+        self._saved_prior_schedule: dict | None = None  # the scheduler's state a checkpoint held
         self.importance_samples = importance_samples
         self.nonfinite = nonfinite
         self.max_skipped = max_skipped
@@ -201,26 +204,39 @@ class EBMFlow(L.LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
         }
 
-    def _start_prior_schedule(self, optimizer: torch.optim.Optimizer) -> None:
-        """Builds the prior's scheduler (when asked for) and, on resume, restores its state; Lightning
-        only schedules optimisers that configure_optimizers returns, so this module steps it."""
-        saved, self._saved_prior_schedule = self._saved_prior_schedule, None
-        resumed_state = saved[0] if saved is not None else None
-        if saved is not None and (resumed_state is None) != (self.prior_scheduler_factory is None):
-            had = "had" if resumed_state is not None else "had no"
-            raise ValueError(
-                f"the checkpoint's run {had} a prior learning-rate schedule and this run "
-                f"{'has none' if resumed_state is not None else 'has one'}: resume with the same "
-                "--model.prior_lr_scheduler setting (the run's config.yaml has it)"
-            )
+    def _start_prior_schedule(self, optimizer: Optimizer) -> None:
+        """Builds the prior's scheduler, when asked for, before Lightning restores the optimiser's state
+        on resume (which then overwrites the rate a scheduler sets when built); Lightning only schedules
+        the optimiser configure_optimizers returns, so this module steps it."""
         if self.prior_scheduler_factory is None:
             return
         self.prior_scheduler = self.prior_scheduler_factory(optimizer)
-        if resumed_state is not None:
-            self.prior_scheduler.load_state_dict(resumed_state)
+        if isinstance(self.prior_scheduler, ReduceLROnPlateau):
+            raise ValueError(
+                "--model.prior_lr_scheduler is stepped after every optimiser step, with no metric: use a "
+                "schedule of the step (e.g. ExponentialLR, StepLR, LinearLR, CosineAnnealingLR), not "
+                "ReduceLROnPlateau"
+            )
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def _resume_prior_schedule(self, saved: dict | None) -> None:
+        """Restores the prior's scheduler from a resumed checkpoint, or says why it cannot."""
+        if (saved is None) != (self.prior_scheduler is None):
+            checkpoint, run = ("had no", "has one") if saved is None else ("had one", "has none")
+            raise ValueError(
+                f"the checkpoint's run {checkpoint} prior learning-rate schedule and this run {run}: resume "
+                "with the same --model.prior_lr_scheduler setting (the run's config.yaml has it)"
+            )
+        if saved is not None:  # the checkpoint's settings (gamma, step_size, ...) win, as Lightning's do
+            self.prior_scheduler.load_state_dict(saved)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Optimizer | LightningOptimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.prior_scheduler is not None:
             self.prior_scheduler.step()
 
@@ -437,7 +453,7 @@ class EBMFlow(L.LightningModule):
         self.skipped_batches = checkpoint.get("ebmflow_skipped_batches", 0)
         self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
         self._averaged_checkpoint = LIVE_PRIOR_KEY in checkpoint
-        self._saved_prior_schedule = (checkpoint.get("ebmflow_prior_lr_scheduler"),)
+        self._saved_prior_schedule = checkpoint.get("ebmflow_prior_lr_scheduler")
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
@@ -446,6 +462,9 @@ class EBMFlow(L.LightningModule):
         if rng:
             set_random_state(rng, self.device)
             self._rng_to_restore = None
+        saved, self._saved_prior_schedule = self._saved_prior_schedule, None
+        if self.trainer.ckpt_path is not None:  # not a fit from loaded weights (load_from_checkpoint)
+            self._resume_prior_schedule(saved)
         if self._averaged_checkpoint and not any(
             isinstance(callback, PriorAveraging) for callback in self.trainer.callbacks
         ):

@@ -7,7 +7,7 @@
 #   defaults: ../shared/data, 3000, runs/fashion_mnist, all of: rbm rbm_control bernoulli multicov gaussian
 #   also: rbm_averaged, the README's averaged-prior rows (rbm_restart.yaml + prior_averaging.yaml),
 #   rbm_tempering, round 13's rows (rbm_tempering.yaml + prior_averaging.yaml), and rbm_decay,
-#   round 14's (the same + rbm_decay.yaml)
+#   round 14's (the same + rbm_decay.yaml, whose rate falls tenfold every 3,000 steps whatever STEPS)
 # Runs go to OUT/<run>: move earlier ones away first (fit refuses to mix two logs).
 set -euo pipefail
 root=${1:-../shared/data}

@@ -120,7 +120,9 @@ def test_the_decay_overlay_starts_the_prior_fast_and_ends_it_ten_times_slower_af
     adam, sgd = cli.model.configure_optimizers().optimizers
     assert sgd.param_groups[0]["lr"] == 0.03 and sgd.param_groups[0]["momentum"] == 0.9
     for _ in range(3000):
+        sgd.step()  # (no gradients: nothing moves) then the schedule, in training's order
         cli.model.prior_scheduler.step()
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.03 * 0.999233**3000, rel=1e-9)
     assert sgd.param_groups[0]["lr"] == pytest.approx(0.003, rel=1e-3)
     assert adam.param_groups[0]["lr"] == 0.001
 
@@ -194,7 +196,12 @@ def test_print_config_round_trips(paths: tuple[Path, ...], tmp_path: Path, capsy
 
     def summary(cli: EBMFlowCLI) -> tuple:
         model, trainer = cli.model, cli.trainer
+        built = model.configure_optimizers()
+        optimizer = built["optimizer"] if isinstance(built, dict) else built
         return (
+            repr(optimizer),
+            [(group["lr"], group.get("momentum")) for group in optimizer.param_groups],
+            model.prior_scheduler.state_dict() if model.prior_scheduler is not None else None,
             type(model.prior).__name__,
             count_parameters(model),
             model.flow.in_shape,

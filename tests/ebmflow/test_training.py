@@ -7,10 +7,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
-from torch.optim.lr_scheduler import ExponentialLR, LinearLR, StepLR
+from torch.optim.lr_scheduler import ExponentialLR, LinearLR, ReduceLROnPlateau, StepLR
 
 from ebmflow.data import DigitsDataModule
-from ebmflow.module import NonFiniteLossError
+from ebmflow.module import EBMFlow, NonFiniteLossError
 from flows import UniformDequantizer, VariationalDequantizer
 from priors import GaussianPrior
 from tests.ebmflow.helpers import tiny_model, trainer
@@ -25,7 +25,9 @@ def momentum_sgd(params):
     [
         {},
         {"prior_optimizer": momentum_sgd},
-        {"prior_optimizer": momentum_sgd, "prior_lr_scheduler": lambda o: StepLR(o, step_size=4, gamma=0.5)},
+        # LinearLR sets the rate when built, and its steps depend on its count: resumed, it must be built
+        # before the optimiser's state is restored and restored itself
+        {"prior_optimizer": momentum_sgd, "prior_lr_scheduler": lambda o: LinearLR(o, 0.2, total_iters=30)},
     ],
     ids=["one optimiser", "prior optimiser", "prior schedule"],
 )
@@ -66,6 +68,8 @@ def test_resume_continues_exactly_from_every_checkpoint(
             resumed, DigitsDataModule(**data), ckpt_path=checkpoints / name, weights_only=True
         )
         assert resumed.current_epoch == straight.current_epoch, name
+        if "prior_lr_scheduler" in options:
+            assert resumed.prior_scheduler.state_dict() == straight.prior_scheduler.state_dict(), name
         unequal = {
             key for key, value in resumed.state_dict().items() if not torch.equal(value, expected[key])
         }
@@ -363,6 +367,10 @@ def test_prior_schedule_settings_that_cannot_work_fail_before_training(tmp_path:
             lr_scheduler=lambda optimizer: LinearLR(optimizer, 0.5, total_iters=2),
             **schedule,
         )
+    plateau = tiny_model(prior_optimizer=momentum_sgd, prior_lr_scheduler=ReduceLROnPlateau)
+    with pytest.raises(ValueError, match="not ReduceLROnPlateau"):
+        trainer(tmp_path / "plateau", max_steps=1).fit(plateau, DigitsDataModule(batch_size=64))
+    assert plateau.global_step == 0
     model = tiny_model(prior=GaussianPrior(64), prior_optimizer=momentum_sgd, **schedule)
     with pytest.raises(ValueError, match="GaussianPrior has no parameters"):
         trainer(tmp_path / "gaussian", max_steps=1).fit(model, DigitsDataModule(batch_size=64))
@@ -379,11 +387,52 @@ def test_prior_schedule_settings_that_cannot_work_fail_before_training(tmp_path:
         record = LambdaCallback(
             on_train_batch_start=lambda trainer, *_, seen=steps: seen.append(trainer.global_step)
         )
-        with pytest.raises(ValueError, match=r"resume with the same --model\.prior_lr_scheduler"):
+        wording = (
+            "had one prior learning-rate schedule and this run has none"
+            if saved == "scheduled"
+            else ("had no prior learning-rate schedule and this run has one")
+        )
+        with pytest.raises(ValueError, match=f"{wording}: resume with the same --model"):
             trainer(tmp_path / f"resume-{saved}", max_steps=4, callbacks=[record]).fit(
                 tiny_model(prior_optimizer=momentum_sgd, **options),
                 DigitsDataModule(batch_size=64),
                 ckpt_path=checkpoints[saved],
-                weights_only=False,
+                weights_only=True,
             )
         assert steps == []  # stopped before its first step
+
+
+def test_a_fit_from_loaded_weights_starts_its_own_schedule(tmp_path: Path) -> None:
+    """Weights loaded from a scheduled run (EBMFlow.load_from_checkpoint) and fitted afresh, without
+    --ckpt_path: the schedule starts from its beginning (StepLR(3) halves the rate at the fourth step,
+    not where the saved run had counted to), and a fit without a schedule starts too."""
+    last = ModelCheckpoint(tmp_path / "saved", filename="last", enable_version_counter=False)
+
+    def step_lr(optimizer):
+        return StepLR(optimizer, step_size=3, gamma=0.5)
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.4)
+
+    trainer(tmp_path / "saved", max_steps=2, callbacks=[last]).fit(
+        tiny_model(prior_optimizer=sgd, prior_lr_scheduler=step_lr), DigitsDataModule(batch_size=64)
+    )
+    for schedule, expected in [(step_lr, [0.4, 0.4, 0.4, 0.2]), (None, [0.4] * 4)]:
+        fresh = tiny_model()
+        model = EBMFlow.load_from_checkpoint(
+            tmp_path / "saved" / "last.ckpt",
+            flow=fresh.flow,
+            prior=fresh.prior,
+            prior_optimizer=sgd,
+            prior_lr_scheduler=schedule,
+        )
+        rates: list[float] = []
+        record = LambdaCallback(
+            on_before_optimizer_step=lambda trainer, module, optimizer, seen=rates: seen.append(
+                optimizer.param_groups[-1]["lr"]
+            )
+        )
+        trainer(tmp_path / f"fresh-{schedule is None}", max_steps=4, callbacks=[record]).fit(
+            model, DigitsDataModule(batch_size=64)
+        )
+        assert rates == expected
