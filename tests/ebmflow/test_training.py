@@ -387,11 +387,10 @@ def test_prior_schedule_settings_that_cannot_work_fail_before_training(tmp_path:
         record = LambdaCallback(
             on_train_batch_start=lambda trainer, *_, seen=steps: seen.append(trainer.global_step)
         )
-        wording = (
-            "had one prior learning-rate schedule and this run has none"
-            if saved == "scheduled"
-            else ("had no prior learning-rate schedule and this run has one")
-        )
+        wording = {
+            "plain": "had no prior learning-rate schedule and this run has one",
+            "scheduled": "had one prior learning-rate schedule and this run has none",
+        }[saved]
         with pytest.raises(ValueError, match=f"{wording}: resume with the same --model"):
             trainer(tmp_path / f"resume-{saved}", max_steps=4, callbacks=[record]).fit(
                 tiny_model(prior_optimizer=momentum_sgd, **options),
