@@ -26,7 +26,8 @@ class RBMPrior(SmoothedSpinPrior):
     summed out, which has the same expectation as docs/maths.md §4's s_vᵀW s_h + hᵀs and a lower variance.
     The loss's value is −mean log p(z) with the latest log Z_s estimate; its gradient is the PCD
     estimate. ``sample`` draws spins from ``generation_sampler`` (by default the training sampler's
-    independent ``sample``).
+    ``sample``: from fair coins, or, with its ``sample_start: persistent``, from copies of the persistent
+    chains).
 
     ``log_prob`` normalises with log Z_s computed exactly when the smaller layer has at most
     ``exact_max_units`` units (then ``log_partition_is_exact`` is True); otherwise with the latest
@@ -39,7 +40,8 @@ class RBMPrior(SmoothedSpinPrior):
         n_visible: visible units n_v (default ⌈N/2⌉).
         sampler: the training negative phase (default: ``BlockGibbs()``, 200 sweeps of 20 chains as
             in the paper); any ``priors.samplers.Sampler``.
-        generation_sampler: draws the spins of ``sample`` (default: ``sampler``).
+        generation_sampler: draws the spins of ``sample`` (default: ``sampler``); it must start from
+            fair coins, as its own chains never advance.
         learn_delta: learn Δ as well (the paper found this unstable).
         max_ratio: the largest allowed σ_max(W) / Δ.
         exact_max_units: enumerate Z_s exactly up to this many units in the smaller layer.
@@ -73,6 +75,12 @@ class RBMPrior(SmoothedSpinPrior):
                 if not isinstance(chosen, Sampler):
                     raise TypeError(f"samplers must be priors.samplers.Sampler, got {type(chosen).__name__}")
                 chosen.bind(n_visible, dim - n_visible)
+        if generation_sampler is not None and generation_sampler.sample_start == "persistent":
+            raise ValueError(
+                "generation_sampler has sample_start: persistent, but only the training sampler's chains "
+                "advance (a generation sampler's stay at their random start): set sample_start on "
+                "the sampler and leave generation_sampler unset"
+            )
         # With W = 0 and h = 0, Z_s = 2^N exactly: the first estimate before any training.
         self.register_buffer("log_z_estimate", torch.tensor(dim * math.log(2)))
         self.register_buffer("log_z_stderr", torch.tensor(0.0))

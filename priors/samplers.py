@@ -27,6 +27,7 @@ __all__ = ["RBM", "BlockGibbs", "ParallelTempering", "Sampler"]
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Precision = Literal["float32", "bfloat16"]
+SampleStart = Literal["fair_coins", "persistent"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,14 @@ class Sampler(nn.Module, abc.ABC):
     A prior calls ``bind`` once with its layer sizes (allocate persistent state there, in buffers),
     ``negative_phase`` once per training step, and ``sample`` to generate. Samplers never receive
     tensors that require gradients and never see a flow.
+
+    ``sample_start`` says where ``sample`` starts: "fair_coins" (independent of any persistent state)
+    or "persistent" (copies of the persistent chains, continued; the chains themselves never change).
+    Only the training sampler's chains advance, so a prior refuses a generation sampler that starts
+    from its own.
     """
+
+    sample_start: SampleStart = "fair_coins"
 
     def bind(self, n_visible: int, n_hidden: int) -> None:
         """Allocate persistent state for an RBM of this size."""
@@ -85,7 +93,8 @@ class Sampler(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample(self, model: RBM, n: int) -> Tensor:
-        """-> (n, n_v) visible states drawn from p(s_v), independent of any persistent state."""
+        """-> (n, n_v) visible states drawn from p(s_v), leaving any persistent state as it was; from
+        fair coins, or from copies of the persistent chains where ``sample_start`` is "persistent"."""
 
     def persistent_states(self) -> Tensor | None:
         """The visible states of the persistent β = 1 chains, or None for a sampler without them."""
@@ -98,7 +107,7 @@ class Sampler(nn.Module, abc.ABC):
 
 class BlockGibbs(Sampler):
     """Block-Gibbs sweeps s_h | s_v, s_v | s_h (docs/maths.md §4): PCD's persistent chains when training,
-    ``steps`` sweeps from independent fair spins when sampling.
+    ``steps`` sweeps from independent fair spins (or from copies of the chains) when sampling.
 
     Args:
         steps: sweeps per training step (paper: 200), also the burn-in of ``sample``.
@@ -110,10 +119,20 @@ class BlockGibbs(Sampler):
             sweeps (0: PCD; 1: every negative phase starts from fair spins, as ``sample`` does). Frees
             chains left in states the model has since made improbable, where they can stay for many
             sweeps when the RBM learns fast.
+        sample_start: where ``sample``'s sweeps start: "fair_coins", or "persistent": the k-th draw
+            continues a copy of chain k mod ``chains``. Block Gibbs rarely crosses between a trained RBM's
+            modes, so draws from fair coins land in the modes nearest to them, not in the model's
+            proportions; continued chains keep the proportions the chains hold, which are the model's only
+            where they have mixed (not with ``restart``, whose chains are young).
     """
 
     def __init__(
-        self, steps: int = 200, chains: int = 20, precision: Precision = "float32", restart: float = 0.0
+        self,
+        steps: int = 200,
+        chains: int = 20,
+        precision: Precision = "float32",
+        restart: float = 0.0,
+        sample_start: SampleStart = "fair_coins",
     ) -> None:
         super().__init__()
         if steps < 1 or chains < 1:
@@ -121,6 +140,7 @@ class BlockGibbs(Sampler):
         if not 0 <= restart <= 1:
             raise ValueError(f"restart is a probability in [0, 1], got {restart!r}")
         self.steps, self.num_chains, self.restart = steps, chains, restart
+        self.sample_start = _start(sample_start)
         self.dtype = _precision(precision)
         self.register_buffer("chains", torch.zeros(chains, 0))
 
@@ -138,7 +158,9 @@ class BlockGibbs(Sampler):
         return self.chains
 
     def sample(self, model: RBM, n: int) -> Tensor:
-        return gibbs(model, model.random_visible(n), self.steps, dtype=self.dtype)
+        persistent = self.sample_start == "persistent"
+        start = _copies(self.chains, n) if persistent else model.random_visible(n)
+        return gibbs(model, start, self.steps, dtype=self.dtype)
 
     def persistent_states(self) -> Tensor:
         return self.chains
@@ -187,6 +209,10 @@ class ParallelTempering(Sampler):
         sample_steps: the sweeps of ``sample`` (default: ``steps``). The ladder adapts only in training,
             so generation on the adapted ladder goes through the training sampler: give it the sweeps
             it needs from fair coins here rather than a second, unadapted, ``ParallelTempering``.
+        sample_start: where ``sample``'s ladder starts: "fair_coins" (every replica), or "persistent":
+            draw k continues a copy of every replica's chain k mod ``chains``, so ``sample`` reads the
+            equilibrium the training ladder has reached in a few sweeps instead of reaching it anew
+            (docs/results.md, round 15).
 
     After ``sample``, ``sample_acceptance`` holds that call's swap acceptance for each neighbouring pair
     (β_1, β_2) … (β_{R−1}, β_R); a pair near 0 is where the ladder stops mixing (add replicas there).
@@ -203,6 +229,7 @@ class ParallelTempering(Sampler):
         adapt_rate: float = 0.1,
         precision: Precision = "float32",
         sample_steps: int | None = None,
+        sample_start: SampleStart = "fair_coins",
     ) -> None:
         super().__init__()
         if steps < 1 or chains < 1 or replicas < 2 or (sample_steps is not None and sample_steps < 1):
@@ -218,6 +245,7 @@ class ParallelTempering(Sampler):
             raise ValueError("adaptive spacing works in log β: give min_beta > 0")
         self.steps, self.num_chains, self.adaptive, self.adapt_rate = steps, chains, adaptive, adapt_rate
         self.sample_steps = steps if sample_steps is None else sample_steps
+        self.sample_start = _start(sample_start)
         self.dtype = _precision(precision)
         if spacing == "geometric":
             betas = torch.logspace(0, math.log10(min_beta), replicas, dtype=torch.float64)
@@ -249,7 +277,8 @@ class ParallelTempering(Sampler):
 
     def sample(self, model: RBM, n: int) -> Tensor:
         accepted, offered = torch.zeros_like(self.swaps_accepted), torch.zeros_like(self.swaps_offered)
-        start = model.random_visible(len(self.betas), n)
+        persistent = self.sample_start == "persistent"
+        start = _copies(self.states, n) if persistent else model.random_visible(len(self.betas), n)
         states = self._run(model, start, self.sample_steps, 0, accepted, offered)
         self.sample_acceptance = accepted / offered.clamp_min(1)
         return states[0]
@@ -312,6 +341,18 @@ class ParallelTempering(Sampler):
         betas = log_betas.exp().float()
         betas[-1] = self.betas[-1]
         self.betas.copy_(betas)
+
+
+def _copies(states: Tensor, n: int) -> Tensor:
+    """n chains copied from ``states`` (..., C, n_v): the k-th is chain k mod C."""
+    index = torch.arange(n, device=states.device) % states.shape[-2]
+    return states.index_select(-2, index)
+
+
+def _start(name: str) -> SampleStart:
+    if name not in ("fair_coins", "persistent"):
+        raise ValueError(f'sample_start must be "fair_coins" or "persistent", got {name!r}')
+    return name
 
 
 def _precision(name: str) -> torch.dtype:

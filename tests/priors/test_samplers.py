@@ -29,6 +29,11 @@ SAMPLERS: dict[str, Callable[[], Sampler]] = {
         steps=15, chains=CHAINS, replicas=4, min_beta=0.2, adaptive=True, adapt_rate=0.5
     ),
     "external": lambda: EnumerationSampler(chains=CHAINS),
+    # sample continues copies of the chains (here their fair start: 5 copies of each of 4,000 chains)
+    "gibbs-persistent-start": lambda: BlockGibbs(steps=30, chains=CHAINS, sample_start="persistent"),
+    "tempering-persistent-start": lambda: ParallelTempering(
+        steps=15, chains=CHAINS, replicas=4, min_beta=0.3, sample_start="persistent"
+    ),
 }
 
 
@@ -249,6 +254,46 @@ def test_restarted_chains_start_from_fair_coins() -> None:
         assert (draws[:, 0] > 0).float().mean().item() == pytest.approx(restart / 2, abs=0.01)
 
 
+PERSISTENT_START: dict[str, Callable[[str], Sampler]] = {
+    "gibbs": lambda start: BlockGibbs(steps=3, chains=5, sample_start=start),
+    # a cold ladder: β ≥ 0.9 everywhere, so a replica started from coins would fall into either mode
+    "tempering": lambda start: ParallelTempering(
+        steps=3, chains=5, replicas=3, min_beta=0.9, sample_start=start
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PERSISTENT_START))
+def test_sampling_from_persistent_chains_continues_copies_and_leaves_the_chains_alone(name: str) -> None:
+    """On a ferromagnet with couplings of 20 no chain ever leaves all +1 or all −1 (fields of ±100 and
+    more), so the k-th draw must sit exactly where chain k mod 5 sits, in every replica of the ladder;
+    from fair coins, draws fall into either mode."""
+    ferromagnet = RBM(torch.full((N_V, N_H), 20.0), torch.zeros(N_V), torch.zeros(N_H))
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0])  # chain k is all signs[k]
+    draws = {}
+    for start in ("persistent", "fair_coins"):
+        sampler = PERSISTENT_START[name](start)
+        sampler.bind(N_V, N_H)
+        chains = sampler.chains if name == "gibbs" else sampler.states
+        chains.copy_(signs[:, None].expand_as(chains))
+        before = {key: value.clone() for key, value in sampler.state_dict().items()}
+        torch.manual_seed(0)
+        draws[start] = sampler.sample(ferromagnet, 12)
+        after = sampler.state_dict()
+        assert all(torch.equal(value, after[key]) for key, value in before.items())
+    assert torch.equal(draws["persistent"], signs[torch.arange(12) % 5, None].expand(12, N_V))
+    assert set(draws["fair_coins"].sum(1).tolist()) == {-N_V, N_V}
+    assert not torch.equal(draws["fair_coins"], draws["persistent"])
+
+
+def test_a_generation_sampler_cannot_start_from_its_own_chains() -> None:
+    """Its chains never advance: it would sample from their random start, not from the model."""
+    with pytest.raises(ValueError, match="leave generation_sampler unset"):
+        RBMPrior(12, generation_sampler=BlockGibbs(4, 2, sample_start="persistent"))
+    prior = RBMPrior(12, sampler=BlockGibbs(4, 2, sample_start="persistent"))  # the training sampler may
+    assert prior.sample(3).shape == (3, 12)
+
+
 def test_samplers_state_round_trips_through_the_prior_state_dict() -> None:
     torch.manual_seed(0)
 
@@ -279,5 +324,8 @@ def test_bad_sampler_arguments_fail_clearly() -> None:
         ParallelTempering(replicas=1)
     with pytest.raises(ValueError, match="sample_steps=0"):
         ParallelTempering(sample_steps=0)
+    for sampler in (BlockGibbs, ParallelTempering):
+        with pytest.raises(ValueError, match='sample_start must be "fair_coins" or "persistent"'):
+            sampler(sample_start="chains")
     with pytest.raises(TypeError, match="Sampler"):
         RBMPrior(8, sampler=torch.nn.Linear(2, 2))
