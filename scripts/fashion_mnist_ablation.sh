@@ -6,8 +6,9 @@
 #   scripts/fashion_mnist_ablation.sh [DATA_ROOT] [STEPS] [OUT] [RUN ...]
 #   defaults: ../shared/data, 3000, runs/fashion_mnist, all of: rbm rbm_control bernoulli multicov gaussian
 #   also: rbm_averaged, the README's averaged-prior rows (rbm_restart.yaml + prior_averaging.yaml),
-#   rbm_tempering, round 13's rows (rbm_tempering.yaml + prior_averaging.yaml), and rbm_decay,
-#   round 14's (the same + rbm_decay.yaml, whose rate falls tenfold every 3,000 steps whatever STEPS)
+#   rbm_tempering, round 13's rows (rbm_tempering.yaml + prior_averaging.yaml), rbm_decay,
+#   round 14's (the same + rbm_decay.yaml, whose rate falls tenfold every 3,000 steps whatever STEPS), and
+#   rbm_ladder, round 15's (the same + rbm_ladder_samples.yaml: validation samples from the training ladder)
 # Runs go to OUT/<run>: move earlier ones away first (fit refuses to mix two logs).
 set -euo pipefail
 root=${1:-../shared/data}
@@ -34,6 +35,9 @@ one() {
     rbm_decay)
       extra=(--config conf/fashion_mnist/rbm_tempering.yaml --config conf/fashion_mnist/rbm_decay.yaml
              --config conf/prior_averaging.yaml) ;;
+    rbm_ladder)
+      extra=(--config conf/fashion_mnist/rbm_tempering.yaml --config conf/fashion_mnist/rbm_decay.yaml
+             --config conf/fashion_mnist/rbm_ladder_samples.yaml --config conf/prior_averaging.yaml) ;;
   esac
   local configs=(--config conf/fashion_mnist.yaml --config "conf/fashion_mnist/$prior.yaml"
                  --config conf/fashion_mnist/cpu_small.yaml
@@ -49,7 +53,7 @@ one() {
   echo "$(date +%T) done $run"
 }
 
-known=" rbm rbm_control rbm_averaged rbm_tempering rbm_decay bernoulli multicov gaussian "
+known=" rbm rbm_control rbm_averaged rbm_tempering rbm_decay rbm_ladder bernoulli multicov gaussian "
 for run in "${runs[@]}"; do  # every name checked before anything runs
   if [[ $known != *" $run "* ]]; then
     echo "error: unknown run $run: the runs are${known% }" >&2

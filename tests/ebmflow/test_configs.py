@@ -127,6 +127,20 @@ def test_the_decay_overlay_starts_the_prior_fast_and_ends_it_ten_times_slower_af
     assert adam.param_groups[0]["lr"] == 0.001
 
 
+def test_the_ladder_samples_overlay_generates_from_the_training_ladder() -> None:
+    """rbm_ladder_samples.yaml (round 15) after rbm_tempering.yaml: no separate generation sampler, and
+    the training ladder samples 50 sweeps from copies of its chains; its training arguments are kept."""
+    cli = build(
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "rbm_ladder_samples")),
+    )
+    prior = cli.model.prior
+    assert prior.generation_sampler is None
+    assert type(prior.sampler).__name__ == "ParallelTempering" and prior.sampler.adaptive
+    assert (prior.sampler.sample_start, prior.sampler.sample_steps) == ("persistent", 50)
+    assert (prior.sampler.steps, prior.sampler.num_chains, len(prior.sampler.betas)) == (5, 100, 20)
+
+
 def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
     tiny_config: Path, tmp_path: Path
 ) -> None:
@@ -173,6 +187,14 @@ COMBINATIONS = [
         *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "rbm_decay", "cpu_small")),
         CONF / "prior_averaging.yaml",
     ),
+    (
+        *paper("fashion_mnist", "rbm"),
+        *(
+            CONF / "fashion_mnist" / f"{name}.yaml"
+            for name in ("rbm_tempering", "rbm_decay", "rbm_ladder_samples", "cpu_small")
+        ),
+        CONF / "prior_averaging.yaml",
+    ),
 ]
 
 
@@ -203,6 +225,10 @@ def test_print_config_round_trips(paths: tuple[Path, ...], tmp_path: Path, capsy
             [(group["lr"], group.get("momentum")) for group in optimizer.param_groups],
             model.prior_scheduler.state_dict() if model.prior_scheduler is not None else None,
             type(model.prior).__name__,
+            [  # an RBM's two samplers (None for other priors)
+                (type(s).__name__, getattr(s, "steps", None), getattr(s, "sample_start", None))
+                for s in (getattr(model.prior, name, None) for name in ("sampler", "generation_sampler"))
+            ],
             count_parameters(model),
             model.flow.in_shape,
             model.prior.dim,
