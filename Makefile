@@ -21,7 +21,9 @@ test-fast: $(STAMP)
 DEMO_CKPT := runs/demo/checkpoints/last.ckpt
 
 demo: $(STAMP)
-	rm -rf runs/demo  # the demo starts afresh each time
+	@# the demo starts afresh each time; a previous demo run is kept beside it, never deleted
+	@if [ -e runs/demo ]; then kept=runs/demo-$$(date +%Y%m%d-%H%M%S); mv runs/demo $$kept; \
+		echo "The previous demo run is kept in $$kept"; fi
 	$(VENV)/bin/ebmflow fit --config conf/demo.yaml
 	$(VENV)/bin/ebmflow test --config conf/demo.yaml --ckpt_path $(DEMO_CKPT)
 	$(VENV)/bin/ebmflow sample --config conf/demo.yaml --ckpt_path $(DEMO_CKPT) --out runs/demo/samples
