@@ -71,10 +71,14 @@ class RBMPrior(SmoothedSpinPrior):
         self.sampler = sampler if sampler is not None else BlockGibbs()
         self.generation_sampler = generation_sampler
         for chosen in (self.sampler, self.generation_sampler):
-            if chosen is not None:
-                if not isinstance(chosen, Sampler):
-                    raise TypeError(f"samplers must be priors.samplers.Sampler, got {type(chosen).__name__}")
-                chosen.bind(n_visible, dim - n_visible)
+            if chosen is not None and not isinstance(chosen, Sampler):
+                raise TypeError(f"samplers must be priors.samplers.Sampler, got {type(chosen).__name__}")
+        self.sampler.bind(n_visible, dim - n_visible)
+        if generation_sampler is not None:
+            # Drawn aside: a generation-only setting must not shift the random stream that training draws
+            # from next (the flow's initial weights among it, when the flow is built after the prior).
+            with torch.random.fork_rng(devices=[]):
+                generation_sampler.bind(n_visible, dim - n_visible)
         if generation_sampler is not None and generation_sampler.sample_start == "persistent":
             raise ValueError(
                 "generation_sampler has sample_start: persistent, but only the training sampler's chains "
