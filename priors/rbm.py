@@ -73,18 +73,18 @@ class RBMPrior(SmoothedSpinPrior):
         for chosen in (self.sampler, self.generation_sampler):
             if chosen is not None and not isinstance(chosen, Sampler):
                 raise TypeError(f"samplers must be priors.samplers.Sampler, got {type(chosen).__name__}")
-        self.sampler.bind(n_visible, dim - n_visible)
-        if generation_sampler is not None:
-            # Drawn aside: a generation-only setting must not shift the random stream that training draws
-            # from next (the flow's initial weights among it, when the flow is built after the prior).
-            with torch.random.fork_rng(devices=[]):
-                generation_sampler.bind(n_visible, dim - n_visible)
         if generation_sampler is not None and generation_sampler.sample_start == "persistent":
             raise ValueError(
                 "generation_sampler has sample_start: persistent, but only the training sampler's chains "
                 "advance (a generation sampler's stay at their random start): set sample_start on "
                 "the sampler and leave generation_sampler unset"
             )
+        self.sampler.bind(n_visible, dim - n_visible)
+        if generation_sampler is not None:
+            # Drawn aside: a generation-only setting must not shift the random stream that training draws
+            # from next (the flow's initial weights among it, when the flow is built after the prior).
+            with torch.random.fork_rng(devices=[]):
+                generation_sampler.bind(n_visible, dim - n_visible)
         # With W = 0 and h = 0, Z_s = 2^N exactly: the first estimate before any training.
         self.register_buffer("log_z_estimate", torch.tensor(dim * math.log(2)))
         self.register_buffer("log_z_stderr", torch.tensor(0.0))

@@ -211,8 +211,8 @@ class ParallelTempering(Sampler):
             it needs from fair coins here rather than a second, unadapted, ``ParallelTempering``.
         sample_start: where ``sample``'s ladder starts: "fair_coins" (every replica), or "persistent":
             draw k continues a copy of every replica's chain k mod ``chains``, so ``sample`` reads the
-            equilibrium the training ladder has reached in a few sweeps instead of reaching it anew
-            (docs/results.md, round 15).
+            equilibrium the training ladder has reached in a few sweeps instead of reaching it anew;
+            that is the RBM's only while the chains keep up with it (docs/results.md, round 15).
 
     After ``sample``, ``sample_acceptance`` holds that call's swap acceptance for each neighbouring pair
     (β_1, β_2) … (β_{R−1}, β_R); a pair near 0 is where the ladder stops mixing (add replicas there).
