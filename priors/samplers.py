@@ -140,7 +140,7 @@ class BlockGibbs(Sampler):
         if not 0 <= restart <= 1:
             raise ValueError(f"restart is a probability in [0, 1], got {restart!r}")
         self.steps, self.num_chains, self.restart = steps, chains, restart
-        self.sample_start = _start(sample_start)
+        self.sample_start = _check_start(sample_start)
         self.dtype = _precision(precision)
         self.register_buffer("chains", torch.zeros(chains, 0))
 
@@ -158,8 +158,7 @@ class BlockGibbs(Sampler):
         return self.chains
 
     def sample(self, model: RBM, n: int) -> Tensor:
-        persistent = self.sample_start == "persistent"
-        start = _copies(self.chains, n) if persistent else model.random_visible(n)
+        start = _sample_start(self.chains, model, n, self.sample_start)
         return gibbs(model, start, self.steps, dtype=self.dtype)
 
     def persistent_states(self) -> Tensor:
@@ -245,7 +244,7 @@ class ParallelTempering(Sampler):
             raise ValueError("adaptive spacing works in log β: give min_beta > 0")
         self.steps, self.num_chains, self.adaptive, self.adapt_rate = steps, chains, adaptive, adapt_rate
         self.sample_steps = steps if sample_steps is None else sample_steps
-        self.sample_start = _start(sample_start)
+        self.sample_start = _check_start(sample_start)
         self.dtype = _precision(precision)
         if spacing == "geometric":
             betas = torch.logspace(0, math.log10(min_beta), replicas, dtype=torch.float64)
@@ -277,8 +276,7 @@ class ParallelTempering(Sampler):
 
     def sample(self, model: RBM, n: int) -> Tensor:
         accepted, offered = torch.zeros_like(self.swaps_accepted), torch.zeros_like(self.swaps_offered)
-        persistent = self.sample_start == "persistent"
-        start = _copies(self.states, n) if persistent else model.random_visible(len(self.betas), n)
+        start = _sample_start(self.states, model, n, self.sample_start)
         states = self._run(model, start, self.sample_steps, 0, accepted, offered)
         self.sample_acceptance = accepted / offered.clamp_min(1)
         return states[0]
@@ -343,13 +341,16 @@ class ParallelTempering(Sampler):
         self.betas.copy_(betas)
 
 
-def _copies(states: Tensor, n: int) -> Tensor:
-    """n chains copied from ``states`` (..., C, n_v): the k-th is chain k mod C."""
+def _sample_start(states: Tensor, model: RBM, n: int, start: SampleStart) -> Tensor:
+    """Where ``sample`` starts n chains beside persistent ``states`` (..., C, n_v): fair coins of the same
+    leading shape, or copies of ``states``, the k-th from chain k mod C."""
+    if start == "fair_coins":
+        return model.random_visible(*states.shape[:-2], n)
     index = torch.arange(n, device=states.device) % states.shape[-2]
     return states.index_select(-2, index)
 
 
-def _start(name: str) -> SampleStart:
+def _check_start(name: str) -> SampleStart:
     if name not in ("fair_coins", "persistent"):
         raise ValueError(f'sample_start must be "fair_coins" or "persistent", got {name!r}')
     return name
