@@ -16,6 +16,12 @@ __all__ = ["ChainHealth"]
 
 log = logging.getLogger(__name__)
 SLOW_MIXING = 10  # warn when the energy's autocorrelation time exceeds a tenth of the recorded sweeps
+SAMPLES_FROM_LAGGING_CHAINS = (
+    " The samples of this validation continue copies of these chains (the sampler's sample_start: "
+    "persistent), so val/fid, val/is and val/coverage_* describe the chains, not the RBM "
+    "(docs/results.md, round 15): read them where health/chain_lag is near 0, or check this "
+    "checkpoint with scripts/compare_samplers.py --tempering REPLICAS SWEEPS."
+)
 
 
 class ChainHealth(EveryNEpochs):
@@ -47,7 +53,8 @@ class ChainHealth(EveryNEpochs):
       equilibrium, on 20 replicas, had collapsed.
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
-    (and three standard errors), when they lead by as much (the reference then has not reached the
+    (and three standard errors; where validation's samples continue the chains, it adds that they then
+    describe the chains, not the RBM), when they lead by as much (the reference then has not reached the
     model's equilibrium, and the lag and the moment gap are measured against its samples), when the
     moment gap exceeds ``max_moment_gap`` beyond its noise (``ebmflow.health.gap_beyond_noise``; a gap
     required to exceed three times its noise let a far run pass unwarned, docs/results.md, round 11),
@@ -148,16 +155,21 @@ class ChainHealth(EveryNEpochs):
             metrics |= {"health/chain_logp": chain_logp.mean(), "health/chain_lag": lag}
             stderr = (chain_logp.var() / len(chain_logp) + fresh_logp.var() / len(fresh_logp)).sqrt()
             if lag < -max(self.lag_tolerance, 3 * float(stderr)):
+                # validation's samples continue the chains: no generation sampler, a persistent start
+                samples_continue_chains = (
+                    prior.generation_sampler is None and prior.sampler.sample_start == "persistent"
+                )
                 log.warning(
                     "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
                     "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "
                     "classes. Lower the prior's learning rate (--model.prior_lr, or --model.prior_optimizer "
                     "torch.optim.SGD), redraw stranded chains (--model.prior.init_args.sampler.init_args."
                     "restart 0.2 with priors.BlockGibbs), or mix better: more chains or sweeps, or "
-                    "--model.prior.sampler priors.ParallelTempering.",
+                    "--model.prior.sampler priors.ParallelTempering.%s",
                     -float(lag),
                     float(stderr),
                     trainer.global_step,
+                    SAMPLES_FROM_LAGGING_CHAINS if samples_continue_chains else "",
                 )
             elif lag > max(self.lag_tolerance, 3 * float(stderr)):
                 log.warning(

@@ -163,8 +163,11 @@ def validation_codes(model) -> torch.Tensor:
     return 2 * model.eval().encode(next(iter(data.val_dataloader()))[0]) - 1
 
 
-def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, caplog) -> None:
-    model = stuck_model(BlockGibbs(3, 8))
+@pytest.mark.parametrize("sample_start", ["fair_coins", "persistent"])
+def test_chain_health_warns_when_the_chains_have_lost_the_model(
+    tmp_path: Path, caplog, sample_start: str
+) -> None:
+    model = stuck_model(BlockGibbs(3, 8, sample_start=sample_start))
     health = ChainHealth(reference=BlockGibbs(steps=20), reference_samples=20, mixing_sweeps=10)
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
@@ -172,6 +175,8 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(tmp_path: Path, 
     lag = run.callback_metrics["health/chain_lag"].item()
     assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
     assert "lag the model by" in caplog.text and "prior_lr" in caplog.text and "restart 0.2" in caplog.text
+    # samples that continue the lagging chains read the chains, not the RBM (docs/results.md, round 15)
+    assert ("describe the chains, not the RBM" in caplog.text) == (sample_start == "persistent")
     # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, and the samples add no
     # noise: all of it is the standard error of the 64 codes' mean of v hᵀ
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
