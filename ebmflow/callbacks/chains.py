@@ -20,7 +20,7 @@ SAMPLES_FROM_LAGGING_CHAINS = (
     " The samples of this validation continue copies of these chains (the sampler's sample_start: "
     "persistent), so val/fid, val/is and val/coverage_* describe the chains, not the RBM "
     "(docs/results.md, round 15): read them where health/chain_lag is near 0, or check this "
-    "checkpoint with scripts/compare_samplers.py --tempering REPLICAS SWEEPS."
+    "checkpoint with python scripts/compare_samplers.py RUN_DIR --tempering REPLICAS SWEEPS."
 )
 
 
@@ -140,8 +140,8 @@ class ChainHealth(EveryNEpochs):
                     "their worst pair at step %d: its ladder does not mix, so health/fresh_logp, chain_lag "
                     "and moment_gap describe its samples, not necessarily the RBM's equilibrium. Give "
                     "ChainHealth a finer ladder (init_args.reference: priors.ParallelTempering with more "
-                    "replicas, and steps to match) and check with scripts/compare_samplers.py --tempering "
-                    "REPLICAS SWEEPS that tripling the sweeps changes nothing.",
+                    "replicas, and steps to match) and check with python scripts/compare_samplers.py "
+                    "RUN_DIR --tempering REPLICAS SWEEPS that tripling the sweeps changes nothing.",
                     100 * float(worst),
                     trainer.global_step,
                 )
@@ -177,7 +177,8 @@ class ChainHealth(EveryNEpochs):
                     "run's fresh samples at step %d: the reference has not reached the RBM's equilibrium, so "
                     "health/chain_lag and health/moment_gap describe its samples, not the model's. Give "
                     "ChainHealth a stronger reference (init_args.reference: more steps or replicas of "
-                    "priors.ParallelTempering, adaptive: true) or check with scripts/compare_samplers.py.",
+                    "priors.ParallelTempering, adaptive: true) or check with python "
+                    "scripts/compare_samplers.py RUN_DIR.",
                     float(lag),
                     float(stderr),
                     trainer.global_step,
