@@ -187,12 +187,21 @@ def read_wandb_group(path: str, api: object | None = None) -> list[dict]:
         raise ValueError(f"W&B group {path!r} has no runs")
     summaries = []
     for name, runs in by_name.items():
-        rows = [row for run in runs for row in run.scan_history()]
+        rows = [_as_logged(row) for run in runs for row in run.scan_history()]
         config = {key: value for run in runs for key, value in dict(run.config).items()}
         summaries.append(
             summarise(name, rows, _prior_name(config.get("config")), config.get("num_parameters", math.nan))
         )
     return summaries
+
+
+def _as_logged(row: dict) -> dict:
+    """A W&B history row as the CSV log holds it: Lightning's WandbLogger logs the step as
+    "trainer/global_step"; W&B's own "_step", "_runtime" and "_timestamp" count its log calls and time."""
+    logged = {key: value for key, value in row.items() if not key.startswith("_")}
+    if "trainer/global_step" in logged:
+        logged["step"] = logged.pop("trainer/global_step")
+    return logged
 
 
 def _cell(value: float, digits: int, error: float = math.nan) -> str:

@@ -105,6 +105,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
     (records,) = run_dir.glob("run-*.wandb")
     data = records.read_bytes()
     for expected in (
+        b"trainer/global_step",  # the step's name in W&B's history, which `ebmflow report` reads
         b"train/objective",
         b"val/bpd_uniform",
         b"priors.RBMPrior",

@@ -129,12 +129,14 @@ class FakeApi:
 
 
 def wandb_history(name: str) -> list[dict]:
-    """The hand-made CSV rows as W&B keeps them: only the keys logged at a step, numbers as floats."""
+    """The hand-made CSV rows as W&B keeps them: only the keys logged at a step, numbers as floats, the
+    step under Lightning's WandbLogger's name for it ("trainer/global_step"), and W&B's own counters."""
     header, *lines = METRICS[name]
-    keys = header.split(",")
+    keys = ["trainer/global_step" if key == "step" else key for key in header.split(",")]
     return [
         {key: float(value) for key, value in zip(keys, line.split(","), strict=True) if value}
-        for line in lines
+        | {"_step": float(index), "_runtime": 10.0 * index, "_timestamp": 1.7e9 + index}
+        for index, line in enumerate(lines)
     ]
 
 
