@@ -77,7 +77,9 @@ def _number(value: object) -> float | None:
 def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) -> dict:
     """One row of the table and the curves against the training step from a run's logged rows (dicts
     holding "epoch", "step" and metric values). Later rows win, so the test split's numbers, logged
-    last, fill the bits/dim column when they are there; the other columns are the last validation's."""
+    last, fill the bits/dim column when they are there; the other columns are the last validation's.
+    "steps" counts the optimiser steps trained by the last training or validation row: Lightning logs
+    a row at step s during the (s + 1)-th step (a validation after 3,000 steps at step 2,999)."""
     last: dict[str, float] = {}
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
     epochs = steps = 0
@@ -88,7 +90,7 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
         epochs = max(epochs, int(epoch) + 1)
         step = int(step) if step is not None else int(epoch)
         if not any(k.startswith("test/") and _number(v) is not None for k, v in row.items()):
-            steps = max(steps, step)  # a test run logs at the step it was tested at
+            steps = max(steps, step + 1)  # a test run logs at the step it was tested at
         for key, value in row.items():
             number = _number(value)
             if key in ("epoch", "step") or number is None:

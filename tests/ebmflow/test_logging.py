@@ -46,7 +46,7 @@ def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFi
     assert float(tested["test/bpd_uniform"]) > 0 and float(tested["test/bpd_uniform_stderr"]) > 0
     row = read_run(run_dir)["row"]
     assert row["bits/dim"] == float(tested["test/bpd_uniform"])
-    assert row["epochs"] == 1
+    assert row["epochs"] == 1 and row["steps"] == 4  # the optimiser steps trained (rows at steps 0…3)
     # hparams.yaml, rewritten by the test run, still holds the parameter count
     assert row["parameters"] == sum(
         p.numel() for p in make_cli(["--config", str(config)], run=False).model.parameters()
@@ -61,6 +61,7 @@ def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFi
     main(["fit", "--config", str(config), "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)])
     assert read_rows(metrics)[: len(rows)] == rows
     assert sum(bool(row["train/objective"]) for row in read_rows(metrics)) == 6
+    assert read_run(run_dir)["row"]["steps"] == 6
 
 
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
