@@ -155,10 +155,10 @@ class ChainHealth(EveryNEpochs):
             metrics |= {"health/chain_logp": chain_logp.mean(), "health/chain_lag": lag}
             stderr = (chain_logp.var() / len(chain_logp) + fresh_logp.var() / len(fresh_logp)).sqrt()
             if lag < -max(self.lag_tolerance, 3 * float(stderr)):
-                # validation's samples continue the chains: no generation sampler, a persistent start
+                # the sampler that draws validation's samples (as RBMPrior.sample_visible picks it)
                 samples_continue_chains = (
-                    prior.generation_sampler is None and prior.sampler.sample_start == "persistent"
-                )
+                    prior.generation_sampler or prior.sampler
+                ).sample_start == "persistent"
                 log.warning(
                     "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
                     "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "
