@@ -199,8 +199,8 @@ def read_wandb_group(path: str, api: object | None = None) -> list[dict]:
 
 def _as_logged(row: dict) -> dict:
     """A W&B history row as the CSV log holds it: Lightning's WandbLogger logs the step as
-    "trainer/global_step"; W&B's own "_step", "_runtime" and "_timestamp" count its log calls and time."""
-    logged = {key: value for key, value in row.items() if not key.startswith("_")}
+    "trainer/global_step" (W&B's own "_step" counts its log calls)."""
+    logged = dict(row)
     if "trainer/global_step" in logged:
         logged["step"] = logged.pop("trainer/global_step")
     return logged
