@@ -33,6 +33,10 @@ class ChainHealth(EveryNEpochs):
       validation images);
     - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
       when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
+    - ``health/samples_from_lagging_chains``: 1 where this validation's samples continue copies of
+      chains that lag beyond the warning's threshold (the sampler's ``sample_start: persistent``), else
+      0 (under DDP, the share of ranks whose samples do): its val/fid, val/is and val/coverage_* then
+      describe the chains, not the RBM (docs/results.md, round 15), and ``ebmflow report`` marks them;
     - ``health/moment_gap`` (and ``health/moment_noise``): how far the RBM's coupling statistics, from
       the fresh samples, are from those of the validation images' codes (``ebmflow.health.moment_gap``):
       near the noise when the RBM has caught up with the codes, well above it when the RBM learns too
@@ -154,11 +158,13 @@ class ChainHealth(EveryNEpochs):
             lag = chain_logp.mean() - fresh_logp.mean()
             metrics |= {"health/chain_logp": chain_logp.mean(), "health/chain_lag": lag}
             stderr = (chain_logp.var() / len(chain_logp) + fresh_logp.var() / len(fresh_logp)).sqrt()
-            if lag < -max(self.lag_tolerance, 3 * float(stderr)):
-                # the sampler that draws validation's samples (as RBMPrior.sample_visible picks it)
-                samples_continue_chains = (
-                    prior.generation_sampler or prior.sampler
-                ).sample_start == "persistent"
+            lagging = bool(lag < -max(self.lag_tolerance, 3 * float(stderr)))
+            # the sampler that draws validation's samples (as RBMPrior.sample_visible picks it)
+            samples_continue_chains = (prior.generation_sampler or prior.sampler).sample_start == "persistent"
+            metrics["health/samples_from_lagging_chains"] = torch.tensor(
+                float(lagging and samples_continue_chains)
+            )
+            if lagging:
                 log.warning(
                     "RBM health: the persistent chains lag the model by %.1f nats of log p̃ (± %.1f) at step "
                     "%d: the RBM moves faster than its chains follow, and its samples will collapse onto few "

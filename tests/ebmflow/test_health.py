@@ -177,6 +177,8 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(
     assert "lag the model by" in caplog.text and "prior_lr" in caplog.text and "restart 0.2" in caplog.text
     # samples that continue the lagging chains read the chains, not the RBM (docs/results.md, round 15)
     assert ("describe the chains, not the RBM" in caplog.text) == (sample_start == "persistent")
+    flagged = run.callback_metrics["health/samples_from_lagging_chains"].item()
+    assert flagged == (1.0 if sample_start == "persistent" else 0.0)  # what `ebmflow report` marks
     # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, and the samples add no
     # noise: all of it is the standard error of the 64 codes' mean of v hᵀ
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
@@ -201,8 +203,9 @@ class NeverMoves(Sampler):
 
 def test_chain_health_warns_when_its_reference_has_not_reached_the_model(tmp_path: Path, caplog) -> None:
     """Chains at the mode (all visible +1, fields 2), the reference at −1: the chains lead by exactly
-    52 spins · 2 · 2 nats, so it is the reference, not the chains, that has not reached equilibrium."""
-    model = stuck_model(BlockGibbs(3, 8))
+    52 spins · 2 · 2 nats, so it is the reference, not the chains, that has not reached equilibrium
+    (and validation's samples, continuing those chains, are not flagged as read from lagging ones)."""
+    model = stuck_model(BlockGibbs(3, 8, sample_start="persistent"))
     with torch.no_grad():
         model.prior.sampler.persistent_states().fill_(1.0)
     health = ChainHealth(reference=NeverMoves(), reference_samples=20, mixing_sweeps=10)
@@ -212,6 +215,7 @@ def test_chain_health_warns_when_its_reference_has_not_reached_the_model(tmp_pat
     assert run.callback_metrics["health/chain_lag"].item() == pytest.approx(52 * 2 * 2)
     assert "reference has not reached the RBM's equilibrium" in caplog.text
     assert "lag the model by" not in caplog.text
+    assert run.callback_metrics["health/samples_from_lagging_chains"].item() == 0.0
 
 
 def test_the_moment_gap_is_the_rbms_equilibrium_against_the_codes_not_the_chains(tmp_path: Path) -> None:
