@@ -1,7 +1,9 @@
 """``ebmflow report``: the paper's Table 1 (Markdown and CSV) and Fig. 1 (bits/dim, FID and IS against
 the training step, one line per run, beside the training-health curves: class coverage of the samples,
 the RBM's chain lag and moment gap) from run directories' CSV logs (offline) or from a W&B group
-(online).
+(online). Validations whose samples continued chains that lagged the RBM (ChainHealth's
+``health/samples_from_lagging_chains``) are ringed in the curves of the samples, and the table marks
+such a last validation's FID.
 
     ebmflow report runs/cifar10/rbm runs/cifar10/bernoulli runs/cifar10/multicov runs/cifar10/gaussian \
         --out report
@@ -51,6 +53,7 @@ COLUMNS = (
     "max class share",
     "chain lag",
     "moment gap",
+    "samples from lagging chains",
     "parameters",
     "wall seconds",
 )
@@ -62,6 +65,16 @@ CURVES = (
     ("val/coverage_max_share", "largest class share"),
     ("health/chain_lag", "chain lag (nats of log p̃)"),
     ("health/moment_gap", "moment gap (RBM vs codes, relative)"),
+)
+# ChainHealth's flag: validation's samples continued copies of chains that lagged the RBM, so its FID, IS
+# and coverage describe the chains, not the RBM (docs/results.md, round 15). Those points are ringed.
+LAGGING_KEY = "health/samples_from_lagging_chains"
+LAGGING = "samples from lagging chains"
+SAMPLE_CURVES = ("val/fid", "val/is", "val/coverage_classes", "val/coverage_max_share")
+LAGGING_FOOTNOTE = (
+    "\\* the last validation's samples continued persistent chains that lagged the RBM "
+    f"(`{LAGGING_KEY}`): its FID, IS and class coverage describe the chains, not the RBM; check the "
+    "checkpoint with `python scripts/compare_samplers.py RUN_DIR --tempering 20 500`."
 )
 
 
@@ -79,9 +92,12 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
     holding "epoch", "step" and metric values). Later rows win, so the test split's numbers, logged
     last, fill the bits/dim column when they are there; the other columns are the last validation's.
     "steps" counts the optimiser steps trained by the last training or validation row: Lightning logs
-    a row at step s during the (s + 1)-th step (a validation after 3,000 steps at step 2,999)."""
+    a row at step s during the (s + 1)-th step (a validation after 3,000 steps at step 2,999).
+    "lagging_steps" lists the logged steps whose samples ChainHealth flagged as continuing lagging
+    chains."""
     last: dict[str, float] = {}
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
+    lagging_steps = set()
     epochs = steps = 0
     for row in rows:
         epoch, step = _number(row.get("epoch")), _number(row.get("step"))
@@ -98,6 +114,8 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
             last[key] = number
             if key in curves:
                 curves[key][step] = number
+            if key == LAGGING_KEY and number > 0:
+                lagging_steps.add(step)
     tested = "test/bpd_uniform" in last
     row = {
         "model": NAMES.get(prior, prior or name),
@@ -114,10 +132,12 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
         "max class share": last.get("val/coverage_max_share", math.nan),
         "chain lag": last.get("health/chain_lag", math.nan),
         "moment gap": last.get("health/moment_gap", math.nan),
+        "samples from lagging chains": last.get(LAGGING_KEY, math.nan),
         "parameters": num_parameters,
         "wall seconds": last.get("train/wall_seconds", math.nan),
     }
-    return {"name": name, "row": row, "curves": {k: sorted(v.items()) for k, v in curves.items()}}
+    curves_by_step = {k: sorted(v.items()) for k, v in curves.items()}
+    return {"name": name, "row": row, "curves": curves_by_step, "lagging_steps": sorted(lagging_steps)}
 
 
 def _prior_name(config: dict | None) -> str:
@@ -228,7 +248,7 @@ def markdown(rows: list[dict]) -> str:
             f"{r['steps']:,}",
             _cell(r["bits/dim"], 3, r["bits/dim error"]) + (" (val)" if r["bits/dim split"] == "val" else ""),
             _cell(r["IS"], 2, r["IS std"]),
-            _cell(r["FID"], 1),
+            _cell(r["FID"], 1) + (" *" if r["samples from lagging chains"] > 0 else ""),
             _cell(r["NMI"], 3),
             _cell(r["classes"], 0),
             _cell(r["max class share"], 2),
@@ -238,6 +258,8 @@ def markdown(rows: list[dict]) -> str:
             wall if wall == "–" else f"{wall} h",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r["samples from lagging chains"] > 0 for r in rows):
+        lines += ["", LAGGING_FOOTNOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +285,8 @@ def write_report(runs: list[dict], out: str | Path) -> list[Path]:
 
 def plot_curves(runs: list[dict]) -> plt.Figure:
     """One panel per curve against the training step; a run keeps its colour in every panel, also in
-    those where earlier runs have no values (a Gaussian run has no chain lag)."""
+    those where earlier runs have no values (a Gaussian run has no chain lag). In the panels of the
+    samples (FID, IS, coverage), a ring marks a validation whose samples continued lagging chains."""
     columns = -(-len(CURVES) // 2)
     figure, axes = plt.subplots(2, columns, figsize=(5 * columns, 7.2))
     for axis in axes.flat[len(CURVES) :]:
@@ -273,6 +296,12 @@ def plot_curves(runs: list[dict]) -> plt.Figure:
             if run["curves"][key]:
                 steps, values = zip(*run["curves"][key], strict=True)
                 axis.plot(steps, values, marker=".", color=f"C{index % 10}", label=run["row"]["model"])
+            ringed = [(s, v) for s, v in run["curves"][key] if s in run["lagging_steps"]]
+            if key in SAMPLE_CURVES and ringed:
+                steps, values = zip(*ringed, strict=True)
+                rings = axis.plot(steps, values, "o", mfc="none", mec="k", ms=10, label=LAGGING)
+                if key == "val/fid":
+                    axis.legend(handles=rings)
         axis.set_xlabel("training step")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)

@@ -14,13 +14,13 @@ from ebmflow.command import main
 
 METRICS = {
     "rbm": [
-        "epoch,step,train/objective,val/bpd_uniform,val/fid,val/is,val/is_std,val/code_nmi,train/wall_seconds,test/bpd_uniform,test/bpd_uniform_stderr,val/coverage_classes,val/coverage_max_share,health/chain_lag,health/moment_gap",
-        "0,9,3.5,,,,,,,,,,,,",
-        "0,19,,3.40,120.0,3.10,0.05,0.41,,,,3,0.61,-40.0,0.93",
-        "0,19,,,,,,,1800.0,,,,,,",
-        "1,39,,3.25,105.0,4.40,0.10,0.52,,,,10,0.14,-1.5,0.07",
-        "1,39,,,,,,,3600.0,,,,,,",
-        "2,40,,,,,,,,3.18,0.01,,,,",
+        "epoch,step,train/objective,val/bpd_uniform,val/fid,val/is,val/is_std,val/code_nmi,train/wall_seconds,test/bpd_uniform,test/bpd_uniform_stderr,val/coverage_classes,val/coverage_max_share,health/chain_lag,health/moment_gap,health/samples_from_lagging_chains",
+        "0,9,3.5,,,,,,,,,,,,,",
+        "0,19,,3.40,120.0,3.10,0.05,0.41,,,,3,0.61,-40.0,0.93,1.0",
+        "0,19,,,,,,,1800.0,,,,,,,",
+        "1,39,,3.25,105.0,4.40,0.10,0.52,,,,10,0.14,-1.5,0.07,0.0",
+        "1,39,,,,,,,3600.0,,,,,,,",
+        "2,40,,,,,,,,3.18,0.01,,,,,",
     ],
     "gaussian": [
         "epoch,step,val/bpd_uniform,val/fid,val/is,val/is_std,train/wall_seconds",
@@ -83,6 +83,37 @@ def test_a_run_keeps_its_colour_in_every_panel(tmp_path: Path) -> None:
     }
     assert colours == {"Gaussian-Flow": {"C0"}, "RBM-Flow": {"C1"}}
     assert any(line.get_label() == "RBM-Flow" for line in figure.axes[6].lines)  # the moment gap
+
+
+def test_report_marks_samples_read_from_lagging_chains(tmp_path: Path) -> None:
+    """ChainHealth flags a validation whose samples continued chains that lagged the RBM (the RBM run's
+    step 19): its FID, IS and coverage points are ringed in the curves, and the table marks the FID of
+    a run whose last validation is flagged; an unflagged last validation is not marked (the TABLE)."""
+    folder = make_run(tmp_path, "rbm")
+    run = report.read_run(folder)
+    assert run["lagging_steps"] == [19]
+    figure = report.plot_curves([run])
+    ringed = {
+        axis.get_ylabel(): list(zip(line.get_xdata(), line.get_ydata(), strict=True))
+        for axis in figure.axes
+        for line in axis.lines
+        if line.get_label() == report.LAGGING
+    }
+    assert ringed == {
+        "FID": [(19, 120.0)],
+        "Inception Score": [(19, 3.10)],
+        "classes holding ≥ 2 % of samples": [(19, 3.0)],
+        "largest class share": [(19, 0.61)],
+    }
+
+    text = (folder / "metrics.csv").read_text()
+    (folder / "metrics.csv").write_text(text.replace("-1.5,0.07,0.0", "-1.5,0.07,1.0"))
+    main(["report", str(folder), "--out", str(tmp_path / "report")])
+    table = (tmp_path / "report" / "table.md").read_text().splitlines()
+    assert table[2].split(" | ")[5] == "105.0 *"
+    assert table[3:] == ["", report.LAGGING_FOOTNOTE]
+    (row,) = list(csv.DictReader((tmp_path / "report" / "table.csv").open()))
+    assert float(row["samples from lagging chains"]) == 1.0
 
 
 def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
