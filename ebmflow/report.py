@@ -97,7 +97,7 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
     chains."""
     last: dict[str, float] = {}
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
-    lagging_steps = set()
+    lagging_steps: set[int] = set()
     epochs = steps = 0
     for row in rows:
         epoch, step = _number(row.get("epoch")), _number(row.get("step"))
