@@ -11,6 +11,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from ebmflow.callbacks import ChainHealth
 from ebmflow.cli import EBMFlowCLI, make_cli
 from ebmflow.command import main
 from flows import count_parameters
@@ -141,6 +142,29 @@ def test_the_ladder_samples_overlay_generates_from_the_training_ladder() -> None
     assert (prior.sampler.steps, prior.sampler.num_chains, len(prior.sampler.betas)) == (5, 100, 20)
 
 
+@pytest.mark.parametrize("before", [(), ("rbm_tempering",), ("rbm_tempering", "rbm_ladder_samples")])
+def test_the_equilibrium_samples_overlay_generates_by_fresh_tempering(before: tuple[str, ...]) -> None:
+    """rbm_equilibrium_samples.yaml (round 17) after rbm.yaml and its overlays: validation samples by
+    ChainHealth's reference ladder from fair coins, whatever generation setting came before, and the
+    training sampler is the one those files chose."""
+    overlays = (*before, "rbm_equilibrium_samples")
+    cli = build(
+        *paper("fashion_mnist", "rbm"), *(CONF / "fashion_mnist" / f"{name}.yaml" for name in overlays)
+    )
+    without = build(
+        *paper("fashion_mnist", "rbm"), *(CONF / "fashion_mnist" / f"{name}.yaml" for name in before)
+    )
+    generation, reference = cli.model.prior.generation_sampler, ChainHealth().reference
+    assert type(generation) is type(reference) and generation.sample_start == "fair_coins"
+    assert (generation.sample_steps, generation.adaptive) == (reference.sample_steps, reference.adaptive)
+    assert torch.equal(generation.betas, reference.betas)
+
+    def settings(sampler) -> dict:  # its arguments as stored (the chains themselves are random)
+        return {"type": type(sampler)} | {k: v for k, v in vars(sampler).items() if not k.startswith("_")}
+
+    assert settings(cli.model.prior.sampler) == settings(without.model.prior.sampler)
+
+
 def test_a_sampler_from_outside_the_project_is_reachable_by_class_path(
     tiny_config: Path, tmp_path: Path
 ) -> None:
@@ -194,6 +218,12 @@ COMBINATIONS = [
             for name in ("rbm_tempering", "rbm_decay", "rbm_ladder_samples", "cpu_small")
         ),
         CONF / "prior_averaging.yaml",
+    ),
+    (
+        *paper("fashion_mnist", "rbm"),
+        *(CONF / "fashion_mnist" / f"{name}.yaml" for name in ("rbm_tempering", "rbm_decay", "cpu_small")),
+        CONF / "prior_averaging.yaml",
+        CONF / "fashion_mnist" / "rbm_equilibrium_samples.yaml",
     ),
 ]
 
