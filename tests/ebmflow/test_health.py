@@ -147,9 +147,9 @@ def test_chain_health_in_a_fit_measures_the_chains_it_leaves_untouched(
     assert 0 < m["health/flip_rate"] < 1 and m["health/energy_iat"] > 0
 
 
-def stuck_model(sampler) -> object:
+def stuck_model(sampler, generation_sampler=None) -> object:
     """An RBM whose visible fields all point to +1, with its persistent chains parked at all −1."""
-    model = tiny_model(RBMPrior(64, n_visible=52, sampler=sampler))
+    model = tiny_model(RBMPrior(64, n_visible=52, sampler=sampler, generation_sampler=generation_sampler))
     with torch.no_grad():
         model.prior.bias[:52].fill_(2.0)
         model.prior.sampler.persistent_states().fill_(-1.0)
@@ -163,11 +163,17 @@ def validation_codes(model) -> torch.Tensor:
     return 2 * model.eval().encode(next(iter(data.val_dataloader()))[0]) - 1
 
 
-@pytest.mark.parametrize("sample_start", ["fair_coins", "persistent"])
+@pytest.mark.parametrize(
+    ("sample_start", "generation_sampler", "samples_read_chains"),
+    [("fair_coins", None, False), ("persistent", None, True), ("persistent", BlockGibbs(2), False)],
+    ids=["fair_coins", "persistent", "persistent_with_generation_sampler"],
+)
 def test_chain_health_warns_when_the_chains_have_lost_the_model(
-    tmp_path: Path, caplog, sample_start: str
+    tmp_path: Path, caplog, sample_start: str, generation_sampler, samples_read_chains: bool
 ) -> None:
-    model = stuck_model(BlockGibbs(3, 8, sample_start=sample_start))
+    """Validation's samples read the lagging chains only where the sampler that draws them (the
+    generation sampler if there is one) continues copies of them."""
+    model = stuck_model(BlockGibbs(3, 8, sample_start=sample_start), generation_sampler)
     health = ChainHealth(reference=BlockGibbs(steps=20), reference_samples=20, mixing_sweeps=10)
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
@@ -176,9 +182,9 @@ def test_chain_health_warns_when_the_chains_have_lost_the_model(
     assert lag == pytest.approx(-52 * 2 * 2, abs=4)  # 52 spins each 2·h_v = 4 nats below the mode
     assert "lag the model by" in caplog.text and "prior_lr" in caplog.text and "restart 0.2" in caplog.text
     # samples that continue the lagging chains read the chains, not the RBM (docs/results.md, round 15)
-    assert ("describe the chains, not the RBM" in caplog.text) == (sample_start == "persistent")
+    assert ("describe the chains, not the RBM" in caplog.text) == samples_read_chains
     flagged = run.callback_metrics["health/samples_from_lagging_chains"].item()
-    assert flagged == (1.0 if sample_start == "persistent" else 0.0)  # what `ebmflow report` marks
+    assert flagged == float(samples_read_chains)  # what `ebmflow report` marks
     # W = 0 and h_h = 0: C_model = 0, so the gap is ‖C_data‖ / ‖C_data‖ = 1, and the samples add no
     # noise: all of it is the standard error of the 64 codes' mean of v hᵀ
     assert run.callback_metrics["health/moment_gap"].item() == pytest.approx(1.0)
