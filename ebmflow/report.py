@@ -72,9 +72,9 @@ LAGGING_KEY = "health/samples_from_lagging_chains"
 LAGGING = "samples from lagging chains"
 SAMPLE_CURVES = ("val/fid", "val/is", "val/coverage_classes", "val/coverage_max_share")
 LAGGING_FOOTNOTE = (
-    "\\* the last validation's samples continued persistent chains that lagged the RBM "
-    f"(`{LAGGING_KEY}`): its FID, IS and class coverage describe the chains, not the RBM; check the "
-    "checkpoint with `python scripts/compare_samplers.py RUN_DIR --tempering 20 500`."
+    "\\* the last validation's samples (under DDP, those of some ranks) continued persistent chains that "
+    f"lagged the RBM (`{LAGGING_KEY}`): its FID, IS and class coverage describe the chains, not the RBM; "
+    "check the checkpoint with `python scripts/compare_samplers.py RUN_DIR --tempering 20 500`."
 )
 
 

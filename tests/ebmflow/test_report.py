@@ -108,12 +108,15 @@ def test_report_marks_samples_read_from_lagging_chains(tmp_path: Path) -> None:
 
     text = (folder / "metrics.csv").read_text()
     (folder / "metrics.csv").write_text(text.replace("-1.5,0.07,0.0", "-1.5,0.07,1.0"))
-    main(["report", str(folder), "--out", str(tmp_path / "report")])
+    main(["report", str(folder), str(make_run(tmp_path, "gaussian")), "--out", str(tmp_path / "report")])
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
-    assert table[2].split(" | ")[5] == "105.0 *"
-    assert table[3:] == ["", report.LAGGING_FOOTNOTE]
-    (row,) = list(csv.DictReader((tmp_path / "report" / "table.csv").open()))
-    assert float(row["samples from lagging chains"]) == 1.0
+    assert [line.split(" | ")[5] for line in table[2:4]] == ["105.0 *", "130.0"]
+    assert table[4:] == ["", report.LAGGING_FOOTNOTE]
+    rows = list(csv.DictReader((tmp_path / "report" / "table.csv").open()))
+    assert (
+        float(rows[0]["samples from lagging chains"]) == 1.0
+        and rows[1]["samples from lagging chains"] == "nan"
+    )
 
 
 def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
