@@ -159,8 +159,10 @@ def test_the_equilibrium_samples_overlay_generates_by_fresh_tempering(before: tu
     assert (generation.sample_steps, generation.adaptive) == (reference.sample_steps, reference.adaptive)
     assert torch.equal(generation.betas, reference.betas)
 
-    def settings(sampler) -> dict:  # its arguments as stored (the chains themselves are random)
-        return {"type": type(sampler)} | {k: v for k, v in vars(sampler).items() if not k.startswith("_")}
+    def settings(sampler) -> dict:  # its arguments, and its ladder; of the random chains, their shapes
+        stored = {k: v for k, v in vars(sampler).items() if not k.startswith("_")}
+        buffers = {k: v.tolist() if k == "betas" else v.shape for k, v in sampler.state_dict().items()}
+        return {"type": type(sampler)} | stored | buffers
 
     assert settings(cli.model.prior.sampler) == settings(without.model.prior.sampler)
 
