@@ -6,8 +6,12 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ebmflow.module import EBMFlow
 
 __all__ = ["CheckpointError", "check_compatible", "read_checkpoint"]
 
@@ -34,11 +38,15 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str | Path) -> None:
+def check_compatible(checkpoint: dict, model: EBMFlow, path: str | Path) -> None:
     """Raise CheckpointError, in one line, when the checkpoint's weights do not fit ``model`` (another
     prior, other filters…): the user's config must describe the architecture the checkpoint was trained
-    with. Rank-local state saved by several DDP ranks is compared without its leading rank axis."""
-    saved = checkpoint["state_dict"]
+    with. Rank-local state saved by several DDP ranks is compared without its leading rank axis; the
+    prior's configuration submodules (``Prior.configuration_state``) are not compared."""
+    configuration = tuple(f"prior.{name}." for name in model.prior.configuration_state())
+    saved = {
+        key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(configuration)
+    }
     rank_local = set(checkpoint.get("ebmflow_rank_local", []))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(saved))

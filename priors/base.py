@@ -75,6 +75,12 @@ class Prior(nn.Module, abc.ABC):
     def reset_rank_local_state(self) -> None:
         """Redraw the rank-local buffers from the current random stream."""
 
+    def configuration_state(self) -> tuple[str, ...]:
+        """Names of the prior's submodules that are configuration, not state (a generation sampler: a
+        tool the command chooses). A prior saves none of their buffers and ignores a checkpoint's
+        entries under them, so a checkpoint loads whatever such submodules the command configures."""
+        return ()
+
     @abc.abstractmethod
     def _log_prob(self, z: Tensor) -> Tensor: ...
 
