@@ -38,6 +38,8 @@ class Prior(nn.Module, abc.ABC):
         self.dim = dim
         # Gives parameter-free priors a device and dtype that follow ``.to(...)``.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.register_state_dict_post_hook(_leave_out_configuration)
+        self.register_load_state_dict_pre_hook(_keep_configuration)
 
     @property
     def log_partition_is_exact(self) -> bool:
@@ -77,8 +79,9 @@ class Prior(nn.Module, abc.ABC):
 
     def configuration_state(self) -> tuple[str, ...]:
         """Names of the prior's submodules that are configuration, not state (a generation sampler: a
-        tool the command chooses). A prior saves none of their buffers and ignores a checkpoint's
-        entries under them, so a checkpoint loads whatever such submodules the command configures."""
+        tool the command chooses). Their buffers are left out of ``state_dict`` and a checkpoint's
+        entries under them (an older one's) are ignored on load, so a checkpoint loads whatever such
+        submodules the command configures."""
         return ()
 
     @abc.abstractmethod
@@ -187,3 +190,19 @@ def _check_count(n: int) -> None:
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature!r}")
+
+
+def _leave_out_configuration(prior: Prior, state_dict: dict, prefix: str, *args) -> None:
+    """state_dict post-hook: no entries under the configuration submodules (``configuration_state``)."""
+    for name in prior.configuration_state():
+        for key in [key for key in state_dict if key.startswith(f"{prefix}{name}.")]:
+            del state_dict[key]
+
+
+def _keep_configuration(prior: Prior, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: whatever a checkpoint holds under the configuration submodules (an
+    older one's buffers, or another sampler's), they keep the state the command configured."""
+    _leave_out_configuration(prior, state_dict, prefix)
+    for name in prior.configuration_state():
+        if isinstance(module := getattr(prior, name, None), nn.Module):
+            state_dict.update({f"{prefix}{name}.{key}": value for key, value in module.state_dict().items()})

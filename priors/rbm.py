@@ -85,11 +85,6 @@ class RBMPrior(SmoothedSpinPrior):
             # from next (the flow's initial weights among it, when the flow is built after the prior).
             with torch.random.fork_rng(devices=[]):
                 generation_sampler.bind(n_visible, dim - n_visible)
-            # Configuration, not state (it starts from fair coins and never trains): not saved.
-            for module in generation_sampler.modules():
-                for name, buffer in list(module.named_buffers(recurse=False)):
-                    module.register_buffer(name, buffer, persistent=False)
-        self.register_load_state_dict_pre_hook(_ignore_configuration_state)
         # With W = 0 and h = 0, Z_s = 2^N exactly: the first estimate before any training.
         self.register_buffer("log_z_estimate", torch.tensor(dim * math.log(2)))
         self.register_buffer("log_z_stderr", torch.tensor(0.0))
@@ -117,7 +112,7 @@ class RBMPrior(SmoothedSpinPrior):
         self.sampler.reset()
 
     def configuration_state(self) -> tuple[str, ...]:
-        return ("generation_sampler",)
+        return ("generation_sampler",)  # it starts from fair coins and never trains: nothing to save
 
     def log_partition_spins(self, precision: SmoothedPrecision) -> Tensor:
         # The same W as the energy's: building the precision again would repeat the factorisation
@@ -170,11 +165,3 @@ class RBMPrior(SmoothedSpinPrior):
             value, stderr = ais_log_partition(weight, *self._biases(), betas, chains or self.ais_chains)
         self.set_log_partition(value, stderr)
         return value, stderr
-
-
-def _ignore_configuration_state(module: RBMPrior, state_dict: dict, prefix: str, *args) -> None:
-    """load_state_dict pre-hook: drop a checkpoint's entries under the configuration submodules
-    (checkpoints written before those were left out hold a generation sampler's buffers)."""
-    for name in module.configuration_state():
-        for key in [key for key in state_dict if key.startswith(f"{prefix}{name}.")]:
-            del state_dict[key]
