@@ -78,7 +78,7 @@ class Prior(nn.Module, abc.ABC):
         """Redraw the rank-local buffers from the current random stream."""
 
     def configuration_state(self) -> tuple[str, ...]:
-        """Names of the prior's submodules that are configuration, not state (a generation sampler: a
+        """Names of the prior's child modules that are configuration, not state (a generation sampler: a
         tool the command chooses). Their buffers are left out of ``state_dict`` and a checkpoint's
         entries under them (an older one's) are ignored on load, so a checkpoint loads whatever such
         submodules the command configures."""
@@ -201,8 +201,24 @@ def _leave_out_configuration(prior: Prior, state_dict: dict, prefix: str, *args)
 
 def _keep_configuration(prior: Prior, state_dict: dict, prefix: str, *args) -> None:
     """load_state_dict pre-hook: whatever a checkpoint holds under the configuration submodules (an
-    older one's buffers, or another sampler's), they keep the state the command configured."""
+    older one's buffers, or another sampler's), they keep the state the command configured; one that is
+    also another child (the training sampler itself) loads that child's entries."""
     _leave_out_configuration(prior, state_dict, prefix)
     for name in prior.configuration_state():
-        if isinstance(module := getattr(prior, name, None), nn.Module):
-            state_dict.update({f"{prefix}{name}.{key}": value for key, value in module.state_dict().items()})
+        module = getattr(prior, name, None)
+        if not isinstance(module, nn.Module):
+            continue
+        children = prior.named_modules(remove_duplicate=False)  # named_children lists a shared one once
+        owners = [
+            other
+            for other, child in children
+            if child is module and other not in ("", name) and "." not in other
+        ]
+        if owners:
+            source = f"{prefix}{owners[0]}."
+            state = {
+                key.removeprefix(source): value for key, value in state_dict.items() if key.startswith(source)
+            }
+        else:
+            state = module.state_dict()
+        state_dict.update({f"{prefix}{name}.{key}": value for key, value in state.items()})

@@ -326,6 +326,25 @@ def test_samplers_state_round_trips_through_the_prior_state_dict() -> None:
     assert not torch.equal(copy.sampler.states, prior.sampler.states)
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_generation_sampler_that_is_the_training_sampler_loads_the_trained_chains(assign: bool) -> None:
+    """One module under both names: loading restores its chains from the checkpoint (its entries under
+    "sampler"), and the configured generation sampler's substitute must not put the old ones back."""
+    torch.manual_seed(0)
+
+    def make() -> RBMPrior:
+        sampler = BlockGibbs(3, 4)
+        return RBMPrior(12, sampler=sampler, generation_sampler=sampler)
+
+    trained = make().train()
+    trained.loss(torch.randn(4, 12))
+    copy = make()
+    copy.load_state_dict(trained.state_dict(), assign=assign)
+    assert (
+        torch.equal(copy.sampler.chains, trained.sampler.chains) and copy.generation_sampler is copy.sampler
+    )
+
+
 def test_bad_sampler_arguments_fail_clearly() -> None:
     with pytest.raises(ValueError, match="steps and chains"):
         BlockGibbs(steps=0)
