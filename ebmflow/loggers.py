@@ -182,10 +182,18 @@ class WandbLogger(_LightningWandbLogger):
 
     Use ``group`` for an ablation (the four priors of one experiment), ``tags`` and ``job_type`` to
     filter, exactly as in ``wandb.init``.
+
+    Args:
+        save_dir: the run directory (the ``ebmflow`` command fills it from ``--trainer.default_root_dir``
+            when it is not given; ``runs`` otherwise). Lightning writes checkpoints to
+            ``<save_dir>/<project>/<run id>/checkpoints``.
+        offline: ``None`` decides by whether an API key is configured.
+        kwargs: Lightning's WandbLogger's (``project``, ``name``, ``group``, …).
     """
 
-    def __init__(self, offline: bool | None = None, **kwargs) -> None:
+    def __init__(self, save_dir: str | None = None, offline: bool | None = None, **kwargs) -> None:
+        # save_dir is named here, not left to **kwargs: the command sees its None default and fills it
+        # (Lightning's own default, ".", would put the run in the working directory)
         if offline is None:
             offline = not wandb_api_key_configured()
-        kwargs.setdefault("save_dir", "runs")
-        super().__init__(offline=offline, **kwargs)
+        super().__init__(save_dir="runs" if save_dir is None else save_dir, offline=offline, **kwargs)

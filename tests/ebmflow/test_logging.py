@@ -65,6 +65,9 @@ def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
+    """The shipped conf/wandb.yaml as a user composes it: no save_dir, so the run directory
+    (--trainer.default_root_dir) holds the offline run, the config and the checkpoints, and nothing
+    lands in the working directory."""
     trainer = {
         **TINY["trainer"],
         "max_steps": -1,
@@ -72,27 +75,21 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
         "limit_train_batches": 4,
         "log_every_n_steps": 1,
     }
-    config = {**TINY, "trainer": {**trainer, "default_root_dir": str(tmp_path / "run")}}
+    root = tmp_path / "run"
+    config = {**TINY, "trainer": {**trainer, "default_root_dir": str(root)}}
     config["trainer"]["callbacks"] = [
         {"class_path": "ebmflow.callbacks.SampleGrids", "init_args": {"num_samples": 8, "columns": 4}}
     ]
-    config["trainer"]["logger"] = {
-        "class_path": "ebmflow.loggers.WandbLogger",
-        "init_args": {
-            "project": "ebmflow-test",
-            "group": "ablation",
-            "job_type": "fit",
-            "tags": ["rbm"],
-            "save_dir": str(tmp_path),
-        },
-    }
-    path = tmp_path / "wandb.yaml"
+    path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"))
+    command = ["fit", "--config", str(path), "--config", str(ROOT / "conf" / "wandb.yaml")]
     result = subprocess.run(
-        [sys.executable, "-m", "ebmflow", "fit", "--config", str(path)],
-        cwd=ROOT,
+        [sys.executable, "-m", "ebmflow", *command, "--trainer.logger.init_args.name", "rbm"],
+        cwd=elsewhere,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -100,7 +97,11 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(elsewhere.iterdir()) == []
+    assert (root / "config.yaml").is_file()
+    # Lightning's layout for a W&B run's checkpoints: <save_dir>/<project>/<run id>/checkpoints
+    assert len(list(root.glob("ebmflow/*/checkpoints/*.ckpt"))) == 1
+    (run_dir,) = (root / "wandb").glob("offline-run-*")
     # The offline run's records (history, config, run settings) are in its transaction log, which
     # `wandb sync` uploads later.
     (records,) = run_dir.glob("run-*.wandb")
@@ -110,11 +111,10 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
         b"train/objective",
         b"val/bpd_uniform",
         b"priors.RBMPrior",
-        b"ablation",
-        b"ebmflow-test",
+        b"cifar10-ablation",  # conf/wandb.yaml's group
     ):
         assert expected in data, expected
     # The sample grids went to W&B as images, not to PNG files in the run directory.
     media = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images").glob("*.png"))
     assert media == ["discrete", "samples"]
-    assert not (tmp_path / "run" / "samples").exists()
+    assert not (root / "samples").exists()
