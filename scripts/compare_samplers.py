@@ -2,8 +2,8 @@
 with a shipped classifier (and, on the line below, each class's share of the samples beside the test
 images', for classifiers of at most 20 classes), the mean −F (log p̃) of the spins, beside that of the
 persistent chains, and the moment gap of the spins against the test images' codes
-(``ebmflow.health.moment_gap``, its split-half noise in brackets; the codes' own row is its floor, since
-it sums their hidden units out through the RBM too).
+(``ebmflow.health.moment_gap``, its sampling noise, the samples' and the codes', in brackets; the
+codes' own row is its floor, since it sums their hidden units out through the RBM too).
 
     python scripts/compare_samplers.py RUN_DIR [--feature fashion_mnist] [--samples 2000] [--betas 1.1 1.2]
         [--tempering REPLICAS SWEEPS]
