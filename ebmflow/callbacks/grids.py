@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import make_grid, save_image
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
+from ebmflow.rundir import atomic_write, unused_name
 from priors import DiscretePrior
 
 __all__ = ["SampleGrids"]
@@ -16,9 +17,11 @@ __all__ = ["SampleGrids"]
 
 class SampleGrids(EveryNEpochs):
     """A grid of samples and, for discrete priors, the paper's Fig. 3 grid (each column one discrete s)
-    after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``.
-    The noise is the same every epoch (fixed seed, the training random stream is left untouched), so
-    successive grids show the model changing, not the draw.
+    after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``
+    named by the training step (``samples_step=000500.png``; a later validation at the same step, as
+    ``ebmflow validate`` of that checkpoint, adds ``-2``, ``-3``…: no grid replaces another). The noise
+    is the same every time (fixed seed, the training random stream is left untouched), so successive
+    grids show the model changing, not the draw.
     """
 
     def __init__(
@@ -52,5 +55,5 @@ class SampleGrids(EveryNEpochs):
             if to_wandb:
                 trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
             else:
-                folder.mkdir(parents=True, exist_ok=True)
-                save_image(grid, folder / f"{name}_epoch={trainer.current_epoch:04d}.png")
+                path = unused_name(folder, f"{name}_step={trainer.global_step:06d}", ".png")
+                atomic_write(path, lambda handle, grid=grid: save_image(grid, handle, format="png"))

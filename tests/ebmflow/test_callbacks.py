@@ -58,7 +58,8 @@ def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> Non
 
 
 def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, device: torch.device) -> None:
-    """Built after seeding (as the CLI does) and run every epoch, the callbacks change no parameter."""
+    """Built after seeding (as the CLI does) and run at every validation, two an epoch, the callbacks
+    change no parameter; every validation keeps its grids, a later validate included."""
 
     def fit(measure: bool, root: Path):
         L.seed_everything(0)
@@ -70,18 +71,30 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, d
                 CodeNMI(),
             ]
         model = tiny_model()
-        run = trainer(root, accelerator=device.type, max_epochs=2, limit_train_batches=3, callbacks=callbacks)
+        run = trainer(
+            root,
+            accelerator=device.type,
+            max_epochs=2,
+            limit_train_batches=4,
+            val_check_interval=2,
+            callbacks=callbacks,
+        )
         run.fit(model, DigitsDataModule(batch_size=64))
-        return model
+        return model, run
 
-    with_grids = fit(True, tmp_path / "a")
-    without = fit(False, tmp_path / "b")
+    with_grids, run = fit(True, tmp_path / "a")
+    without, _ = fit(False, tmp_path / "b")
     for a, b in zip(with_grids.state_dict().values(), without.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    run.validate(with_grids, DigitsDataModule(batch_size=64))  # at step 8 again: a name of its own
     folder = tmp_path / "a" / "samples"
     names = sorted(p.name for p in folder.glob("*.png"))
-    assert names == [f"{kind}_epoch={e:04d}.png" for kind in ("discrete_columns", "samples") for e in (0, 1)]
-    assert Image.open(folder / "samples_epoch=0001.png").size == (8 * 10 + 2, 2 * 10 + 2)
+    steps = ["000002", "000004", "000006", "000008", "000008-2"]
+    assert names == sorted(
+        f"{kind}_step={step}.png" for kind in ("discrete_columns", "samples") for step in steps
+    )
+    assert Image.open(folder / "samples_step=000006.png").size == (8 * 10 + 2, 2 * 10 + 2)
+    assert not [p for p in folder.iterdir() if p.suffix != ".png"]  # no temporary file left
 
 
 def test_callbacks_skip_fast_dev_run_and_continuous_priors(tmp_path: Path) -> None:

@@ -75,8 +75,8 @@ def test_two_process_ddp_keeps_rank_local_chains(tmp_path: Path) -> None:
     assert 0 <= float(row["val/code_nmi"]) <= 1
     assert float(row["ais/log_z_s"]) == pytest.approx(state["state_dict"]["prior.log_z_estimate"].item())
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == [
-        "discrete_columns_epoch=0000.png",
-        "samples_epoch=0000.png",
+        "discrete_columns_step=000003.png",
+        "samples_step=000003.png",
     ]
 
 
