@@ -26,7 +26,6 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from ebmflow.checkpoints import check_compatible, read_checkpoint
@@ -35,7 +34,15 @@ from ebmflow.lightning_seams import SPECIAL_CKPT_PATHS, IgnoreCheckpointHyperpar
 from ebmflow.loggers import CSVLogger
 from ebmflow.module import EBMFlow, NonFiniteLossError
 from ebmflow.prediction import PredictionWriter
-from ebmflow.rundir import AtomicCheckpointIO, RunDirectoryBusy, RunLock, atomic_write, unused_name
+from ebmflow.rundir import (
+    AtomicCheckpointIO,
+    RunDirectoryBusy,
+    RunLock,
+    atomic_save_image,
+    atomic_write,
+    refuse_existing,
+    unused_name,
+)
 from priors import DiscretePrior, discover_priors
 
 __all__ = ["EBMFlowCLI", "EBMFlowTrainer", "make_cli", "run"]
@@ -73,9 +80,9 @@ class EBMFlowTrainer(L.Trainer):
                 f"--num_samples, --columns and --batch_size must be >= 1, got {num_samples}, {columns}, "
                 f"{batch_size}"
             )
-        model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
+        refuse_existing([folder / name for name in SAMPLE_FILES], "--out")
+        model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         shape = (num_samples, *model.flow.in_shape)
         # --trainer.precision applies to the flow as in training (bf16-mixed: the conditioners in bf16);
         # the prior's sampler always runs in full precision.
@@ -90,13 +97,13 @@ class EBMFlowTrainer(L.Trainer):
             shown = write_npz(
                 folder / "samples.npz", "images", shape, np.uint8, batches, bar.update, GRID_MAX
             )
-        save_image(shown.float() / 255, folder / "samples.png", nrow=math.ceil(math.sqrt(len(shown))))
+        atomic_save_image(shown.float() / 255, folder / "samples.png", nrow=math.ceil(math.sqrt(len(shown))))
         written = [folder / "samples.png", folder / "samples.npz"]
         if isinstance(model.prior, DiscretePrior):
             rows = max(min(num_samples // columns, columns), 1)
             with precision():
                 grid = model.sample_columns(columns, rows, temperature)
-            save_image(grid.flatten(0, 1).float() / 255, folder / "discrete_columns.png", nrow=columns)
+            atomic_save_image(grid.flatten(0, 1).float() / 255, folder / "discrete_columns.png", nrow=columns)
             written.append(folder / "discrete_columns.png")
         print("wrote " + ", ".join(str(p) for p in written))
         return folder
@@ -117,6 +124,12 @@ class EBMFlowTrainer(L.Trainer):
             out: the .npz file to write (arrays: probabilities, codes, labels), or a folder to write
                 codes.npz into; ".npz" is added to a name without it.
         """
+        path = Path(out)
+        if path.is_dir() or out.endswith(("/", "\\")):
+            path = path / "codes.npz"  # a folder: the default file name inside it
+        elif path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")  # what np.savez would write
+        refuse_existing([path], "--out")
         model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         loader = torch.utils.data.DataLoader(datamodule.split(split), batch_size=256)
         probabilities, labels = [], []
@@ -124,23 +137,18 @@ class EBMFlowTrainer(L.Trainer):
             probabilities.append(model.encode(images.to(model.device)).cpu())
             labels.append(targets)
         p = torch.cat(probabilities)
-        path = Path(out)
-        if path.is_dir() or out.endswith(("/", "\\")):
-            path = path / "codes.npz"  # a folder: the default file name inside it
-        elif path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")  # what np.savez would write
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
-            probabilities=p.numpy().astype(np.float32),
-            codes=np.where(p.numpy() > 0.5, 1, -1).astype(np.int8),
-            labels=torch.cat(labels).numpy(),
-        )
+        arrays = {
+            "probabilities": p.numpy().astype(np.float32),
+            "codes": np.where(p.numpy() > 0.5, 1, -1).astype(np.int8),
+            "labels": torch.cat(labels).numpy(),
+        }
+        atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         print(f"wrote {path}: {len(p)} codes of {p.shape[1]} spins")
         return path
 
 
 GRID_MAX = 256  # images in samples.png (all of them go to samples.npz)
+SAMPLE_FILES = ("samples.npz", "samples.png", "discrete_columns.png")  # what `ebmflow sample` writes
 
 
 def _chunks(total: int, size: int) -> list[int]:

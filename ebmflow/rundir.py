@@ -16,8 +16,18 @@ from typing import IO, Any, ClassVar
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+from torchvision.utils import save_image
 
-__all__ = ["AtomicCheckpointIO", "RunDirectoryBusy", "RunLock", "atomic_write", "unused_name"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "RunDirectoryBusy",
+    "RunLock",
+    "atomic_save_image",
+    "atomic_write",
+    "refuse_existing",
+    "unused_name",
+]
 
 LOCK_NAME = ".ebmflow.lock"
 TEMP_MARK = ".partial-"  # temporary files carry it: ".<name>.partial-<random>"
@@ -108,6 +118,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.fsync(folder)  # the rename itself survives a power cut
     finally:
         os.close(folder)
+
+
+def atomic_save_image(images: Tensor, path: str | Path, **kwargs: Any) -> None:
+    """torchvision's ``save_image`` (a PNG grid; ``kwargs`` as ``make_grid``'s), written atomically."""
+    atomic_write(path, lambda handle: save_image(images, handle, format="png", **kwargs))
+
+
+def refuse_existing(paths: list[Path], option: str) -> None:
+    """A FileExistsError naming the first of ``paths`` that exists: an output ``option`` names is written
+    once, never replaced (checked before the command's work, so nothing is written either)."""
+    for path in paths:
+        if path.exists():
+            raise FileExistsError(
+                f"{option} {path.parent} already holds {path.name} from an earlier command: give another "
+                f"{option} or move it away (nothing was written)"
+            )
 
 
 def unused_name(folder: str | Path, stem: str, suffix: str) -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
-from ebmflow.rundir import atomic_write, unused_name
+from ebmflow.rundir import atomic_save_image, unused_name
 from priors import DiscretePrior
 
 __all__ = ["SampleGrids"]
@@ -56,4 +56,4 @@ class SampleGrids(EveryNEpochs):
                 trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
             else:
                 path = unused_name(folder, f"{name}_step={trainer.global_step:06d}", ".png")
-                atomic_write(path, lambda handle, grid=grid: save_image(grid, handle, format="png"))
+                atomic_save_image(grid, path)

@@ -74,6 +74,19 @@ def test_fit_test_sample_encode(tiny_config: Path, tmp_path: Path, capsys: pytes
     assert f"wrote {tmp_path / 'bare.npz'}" in capsys.readouterr().out and (tmp_path / "bare.npz").is_file()
     assert sorted(np.unique(codes["labels"])) == list(range(10))
 
+    # A second command into the same output stops with one error line, and the first's files stay.
+    written = {path: path.read_bytes() for path in [*out.iterdir(), codes_path]}
+    for command, target, other in (
+        ("sample", out, ["--num_samples", "4"]),
+        ("encode", codes_path, ["--split", "val"]),
+        ("encode", tmp_path / "codes", ["--split", "val"]),  # ".npz" added: the same file
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            run(command, "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(target), *other)
+        assert stopped.value.code == 2
+        assert "already holds" in capsys.readouterr().err, command
+    assert {path: path.read_bytes() for path in [*out.iterdir(), codes_path]} == written
+
 
 def test_help_and_print_config_are_readable() -> None:
     for args, expected in (
