@@ -9,8 +9,11 @@
 #   rbm_tempering, round 13's rows (rbm_tempering.yaml + prior_averaging.yaml), rbm_decay,
 #   round 14's (the same + rbm_decay.yaml, whose rate falls tenfold every 3,000 steps whatever STEPS), and
 #   rbm_ladder, round 15's (the same + rbm_ladder_samples.yaml: validation samples from the training ladder)
-# Runs go to OUT/<run>: move earlier ones away first (fit refuses to mix two logs).
+# Runs go to OUT/<run> with their logs OUT/<run>.fit.log and .test.log, the report to OUT/report (report-2,
+# report-3... when that exists). An earlier run's directory or logs stop the script before anything starts:
+# move them away first. A failed run fails the script (exit status 1) once the others end; no report then.
 set -euo pipefail
+set -o noclobber  # a log is never replaced
 root=${1:-../shared/data}
 steps=${2:-3000}
 out=${3:-runs/fashion_mnist}
@@ -54,16 +57,33 @@ one() {
 }
 
 known=" rbm rbm_control rbm_averaged rbm_tempering rbm_decay rbm_ladder bernoulli multicov gaussian "
-for run in "${runs[@]}"; do  # every name checked before anything runs
+for run in "${runs[@]}"; do  # every name and every output checked before anything runs
   if [[ $known != *" $run "* ]]; then
     echo "error: unknown run $run: the runs are${known% }" >&2
     exit 2
   fi
+  for path in "$out/$run" "$out/$run.fit.log" "$out/$run.test.log"; do
+    if [ -e "$path" ]; then
+      echo "error: $path exists (an earlier run): move it away or give another OUT; nothing was started" >&2
+      exit 2
+    fi
+  done
 done
 mkdir -p "$out"
+pids=()
 for run in "${runs[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || true; done  # a failure is collected below
   one "$run" &
+  pids+=($!)
 done
-wait
-"$ebmflow" report "${runs[@]/#/$out/}" --out "$out/report"
+failed=()
+for i in "${!runs[@]}"; do
+  wait "${pids[$i]}" || failed+=("${runs[$i]}")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "error: ${failed[*]} failed (see $out/<run>.fit.log and .test.log); no report written" >&2
+  exit 1
+fi
+report=$out/report n=1
+while [ -e "$report" ]; do n=$((n + 1)) && report=$out/report-$n; done
+"$ebmflow" report "${runs[@]/#/$out/}" --out "$report"
