@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ebmflow.rundir import atomic_write, unused_name
+from ebmflow.rundir import atomic_write, refuse_existing, unused_name
 
 __all__ = ["PredictionWriter"]
 
@@ -22,7 +22,8 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         out: the file (None: ``<run directory>/predictions.npz``, or ``predictions-2.npz``… so that an
-            earlier one is never replaced).
+            earlier one is never replaced; an ``out`` that exists is refused before predicting). Under
+            DDP each rank writes its own, ``predictions.rank0.npz``….
     """
 
     def __init__(self, out: str | None = None) -> None:
@@ -30,13 +31,21 @@ class PredictionWriter(BasePredictionWriter):
         self.out = out
         self.written: Path | None = None
 
+    def _path(self, trainer: L.Trainer) -> Path:
+        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        if self.out is None:  # never over an earlier one, whichever rank wrote it
+            return unused_name(trainer.log_dir, f"predictions{rank}", ".npz")
+        out = Path(self.out)
+        return out.with_name(f"{out.stem}{rank}{out.suffix}")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.out is not None:
+            refuse_existing([self._path(trainer)], "PredictionWriter's out")
+
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         arrays = {key: torch.cat([b[key] for b in batches]).cpu().numpy() for key in batches[0]}
-        default = unused_name(trainer.log_dir, "predictions", ".npz")  # never over an earlier one
-        path = Path(self.out) if self.out is not None else default
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path = self._path(trainer)
         atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         self.written = path
         print(f"wrote {path}: {len(arrays['bpd'])} images ({', '.join(sorted(arrays))})")

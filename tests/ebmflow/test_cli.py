@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from ebmflow.cli import make_cli, write_npz
 from ebmflow.command import main
 from ebmflow.data import DigitsDataModule
+from ebmflow.prediction import PredictionWriter
 from tests.ebmflow.helpers import TINY, write_image_archive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,6 +307,25 @@ def test_write_npz_streams_batches_exactly(tmp_path: Path) -> None:
     kept = write_npz(tmp_path / "a.npz", "images", (35, 3), np.uint8, iter(data.split(5)), seen.append, 12)
     assert np.array_equal(np.load(tmp_path / "a.npz")["images"], data.numpy().astype(np.uint8))
     assert torch.equal(kept, data[:12]) and seen == [5] * 7
+
+
+def test_predictions_under_ddp_never_replace_earlier_ones(tmp_path: Path) -> None:
+    """Each rank writes its own file, and a second predict its own files; an explicit out that exists is
+    refused before predicting. (The writer's naming only; the 2-process run itself is Lightning's.)"""
+    batches = [{"bpd": torch.arange(3.0)}]
+    names = []
+    for _ in range(2):
+        for rank in (0, 1):
+            writer = PredictionWriter()
+            writer.write_on_epoch_end(
+                SimpleNamespace(log_dir=str(tmp_path), world_size=2, global_rank=rank), None, batches, []
+            )
+            names.append(writer.written.name)
+    expected = ["predictions.rank0.npz", "predictions.rank1.npz", "predictions.rank0-2.npz"]
+    assert names == [*expected, "predictions.rank1-2.npz"]
+    explicit = PredictionWriter(out=str(tmp_path / "predictions.npz"))
+    with pytest.raises(FileExistsError, match=r"already holds predictions\.rank0\.npz"):
+        explicit.on_predict_start(SimpleNamespace(world_size=2, global_rank=0), None)
 
 
 def test_predict_writes_per_image_bits_per_dim_and_codes(tiny_config: Path, tmp_path: Path, capsys) -> None:
