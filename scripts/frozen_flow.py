@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists: give --out a new file (this script never overwrites one)")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"{args.out.parent} does not exist: make it, or give --out a file in a folder that does")
     if args.steps < 0 or args.every < 1 or args.control_seeds < 0:
         parser.error("--steps must be >= 0, --every >= 1 and --control-seeds >= 0")
     if not all(0 < decay < 1 for decay in args.average):

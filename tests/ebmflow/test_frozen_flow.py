@@ -72,6 +72,11 @@ def test_an_existing_out_file_is_refused(tmp_path: Path, capsys: pytest.CaptureF
     assert exit.value.code == 2
     assert f"{out} exists" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
+    # a folder that does not exist: refused at once, not after the run's work
+    with pytest.raises(SystemExit) as exit:
+        main([str(run), "--out", str(tmp_path / "missing" / "rows.jsonl")])
+    assert exit.value.code == 2
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 def test_training_against_tempering_burns_its_ladder_in_and_advances_it_each_step(tmp_path: Path) -> None:
