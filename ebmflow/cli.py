@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import zipfile
 from argparse import ArgumentError
@@ -256,7 +257,18 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
 
     def _own_run_directory(self, ckpt_path: str | None) -> None:
         """Lock the run directory (rank 0; the lock dies with the process), then check the checkpoint
-        against the model, before the command writes anything."""
+        against the model, before the command writes anything. A run directory whose CSV log exists
+        takes its own checkpoints only: another run's would add its numbers (or, resumed, its training)
+        to this run's log, and `ebmflow report` would show them as this run's."""
+        logger = self.trainer.logger
+        special = ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS
+        if not special and isinstance(logger, CSVLogger) and logger.metrics_file.is_file():
+            run_dir = os.path.abspath(logger.save_dir)
+            if not os.path.abspath(ckpt_path).startswith(run_dir + os.sep):
+                raise ValueError(
+                    f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that run's "
+                    "log: give --trainer.default_root_dir the checkpoint's run directory, or a new one"
+                )
         if rank_zero_only.rank == 0:
             self.run_lock = RunLock.acquire(self.trainer.log_dir)
         if ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS:

@@ -156,6 +156,38 @@ def test_one_directory_holds_the_run_and_later_commands_never_overwrite_it(tmp_p
     assert not any(key.startswith("test/bpd_importance_2") for key in tested[0])  # TINY trains with 2
 
 
+def test_a_run_directory_with_a_log_takes_its_own_checkpoints_only(tmp_path: Path, capsys) -> None:
+    """Another run's checkpoint would add its numbers (or its resumed training) to this run's log, and
+    `ebmflow report` would show them as this run's: refused, with nothing written."""
+    config = logged_config(tmp_path)
+    main(["fit", "--config", str(config)])
+    other = tmp_path / "other"
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(other)])
+    log = (tmp_path / "run" / "metrics.csv").read_bytes()
+    foreign = str(other / "checkpoints" / "last.ckpt")
+    for command, *extra in (("test",), ("validate",), ("fit", "--trainer.max_steps", "6")):
+        with pytest.raises(SystemExit) as stopped:
+            main([command, "--config", str(config), "--ckpt_path", foreign, *extra])
+        error = capsys.readouterr().err
+        assert stopped.value.code == 2 and "is not one of" in error and "--trainer.default_root_dir" in error
+    assert (tmp_path / "run" / "metrics.csv").read_bytes() == log
+    assert sorted(p.name for p in (tmp_path / "run").glob("config*")) == ["config.yaml"]
+    # a directory without a log takes any checkpoint
+    main(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--ckpt_path",
+            foreign,
+            "--trainer.default_root_dir",
+            str(tmp_path / "new"),
+        ]
+    )
+    (row,) = read_rows(tmp_path / "new" / "metrics.csv")
+    assert float(row["test/bpd_uniform"]) > 0
+
+
 def test_a_resumed_fit_replaces_the_rows_the_interrupted_run_logged_after_its_checkpoint(
     tmp_path: Path,
 ) -> None:
