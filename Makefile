@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ebmflow report runs/demo --out runs/demo/report
 	@echo
 	@echo "Demo finished. Results:"
-	@echo "  samples     runs/demo/samples/samples.png, discrete_columns.png (Fig. 3), samples.npz, *_epoch=N.png"
+	@echo "  samples     runs/demo/samples/samples.png, discrete_columns.png (Fig. 3), samples.npz, *_step=S.png"
 	@echo "  metrics     runs/demo/metrics.csv (val bits/dim, FID, IS, code NMI per epoch; test bits/dim and log Z at the end)"
 	@echo "  report      runs/demo/report/table.md, curves.png"
 	@echo "  checkpoint  $(DEMO_CKPT)"

@@ -74,7 +74,7 @@ class EBMFlowTrainer(L.Trainer):
             temperature: scale of the prior's Gaussian noise.
             columns: columns of the Fig. 3 grid (as many rows, at most ``num_samples // columns``).
             batch_size: images drawn at once.
-            out: output folder.
+            out: output folder (refused when it already holds these files: nothing is replaced).
         """
         if num_samples < 1 or columns < 1 or batch_size < 1:
             raise ValueError(
@@ -82,6 +82,8 @@ class EBMFlowTrainer(L.Trainer):
                 f"{batch_size}"
             )
         folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"--out {folder} is a file: give sample a folder to write into")
         refuse_existing([folder / name for name in SAMPLE_FILES], "--out")
         model = _load_for_inference(model, ckpt_path, self.strategy.root_device)
         shape = (num_samples, *model.flow.in_shape)
@@ -123,7 +125,7 @@ class EBMFlowTrainer(L.Trainer):
             ckpt_path: checkpoint to load.
             split: "train", "val" or "test".
             out: the .npz file to write (arrays: probabilities, codes, labels), or a folder to write
-                codes.npz into; ".npz" is added to a name without it.
+                codes.npz into; ".npz" is added to a name without it. A file that exists is refused.
         """
         path = Path(out)
         if path.is_dir() or out.endswith(("/", "\\")):
@@ -260,19 +262,23 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         against the model, before the command writes anything. A run directory whose CSV log exists
         takes its own checkpoints only: another run's would add its numbers (or, resumed, its training)
         to this run's log, and `ebmflow report` would show them as this run's."""
-        logger = self.trainer.logger
         special = ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS
-        if not special and isinstance(logger, CSVLogger) and logger.metrics_file.is_file():
-            run_dir = os.path.abspath(logger.save_dir)
-            if not os.path.abspath(ckpt_path).startswith(run_dir + os.sep):
-                raise ValueError(
-                    f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that run's "
-                    "log: give --trainer.default_root_dir the checkpoint's run directory, or a new one"
-                )
+        for logger in self._csv_loggers():
+            if not special and logger.metrics_file.is_file():
+                run_dir = os.path.realpath(logger.save_dir)
+                if not os.path.realpath(ckpt_path).startswith(run_dir + os.sep):
+                    raise ValueError(
+                        f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that "
+                        "run's log: give --trainer.default_root_dir the checkpoint's run directory, or a "
+                        "new one"
+                    )
         if rank_zero_only.rank == 0:
             self.run_lock = RunLock.acquire(self.trainer.log_dir)
-        if ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS:
+        if not special:
             check_compatible(read_checkpoint(ckpt_path), self.model, ckpt_path)
+
+    def _csv_loggers(self) -> list[CSVLogger]:
+        return [logger for logger in self.trainer.loggers if isinstance(logger, CSVLogger)]
 
     def _release_run_directory(self) -> None:
         lock = getattr(self, "run_lock", None)
@@ -283,8 +289,7 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         self._own_run_directory(self.config.fit.get("ckpt_path"))
         # The configs' CSV logger continues metrics.csv (so test and resume add to it); a fresh fit
         # must not add a second run's rows to an earlier run's log.
-        logger = self.trainer.logger
-        if isinstance(logger, CSVLogger) and self.config.fit.get("ckpt_path") is None:
+        for logger in self._csv_loggers() if self.config.fit.get("ckpt_path") is None else []:
             metrics = logger.metrics_file
             if metrics.is_file():
                 raise FileExistsError(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.utils import make_grid
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
@@ -18,10 +19,10 @@ __all__ = ["SampleGrids"]
 class SampleGrids(EveryNEpochs):
     """A grid of samples and, for discrete priors, the paper's Fig. 3 grid (each column one discrete s)
     after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``
-    named by the training step (``samples_step=000500.png``; a later validation at the same step, as
-    ``ebmflow validate`` of that checkpoint, adds ``-2``, ``-3``…: no grid replaces another). The noise
-    is the same every time (fixed seed, the training random stream is left untouched), so successive
-    grids show the model changing, not the draw.
+    named by the training step (``samples_step=000500.png``; ``ebmflow validate`` names them by its
+    checkpoint's step, and a second grid of one step adds ``-2``, ``-3``…: no grid replaces another).
+    The noise is the same every time (fixed seed, the training random stream is left untouched), so
+    successive grids show the model changing, not the draw.
     """
 
     def __init__(
@@ -35,6 +36,10 @@ class SampleGrids(EveryNEpochs):
     ) -> None:
         super().__init__(every_n_epochs, in_fast_dev_run)
         self.num_samples, self.columns, self.temperature, self.seed = num_samples, columns, temperature, seed
+        self.checkpoint_step = 0  # outside fit (validate from a checkpoint) the grids take its step
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
@@ -50,10 +55,11 @@ class SampleGrids(EveryNEpochs):
                 rows = max(self.num_samples // self.columns, 1)
                 columns = pl_module.sample_columns(self.columns, rows, self.temperature)
                 grids["discrete_columns"] = columns.flatten(0, 1)
+        step = trainer.global_step if trainer.state.fn == TrainerFn.FITTING else self.checkpoint_step
         for name, images in grids.items():
             grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
             if to_wandb:
                 trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
             else:
-                path = unused_name(folder, f"{name}_step={trainer.global_step:06d}", ".png")
+                path = unused_name(folder, f"{name}_step={step:06d}", ".png")
                 atomic_save_image(grid, path)

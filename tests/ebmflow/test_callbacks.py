@@ -80,13 +80,18 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, d
             callbacks=callbacks,
         )
         run.fit(model, DigitsDataModule(batch_size=64))
-        return model, run
+        return model
 
-    with_grids, run = fit(True, tmp_path / "a")
-    without, _ = fit(False, tmp_path / "b")
+    with_grids = fit(True, tmp_path / "a")
+    without = fit(False, tmp_path / "b")
     for a, b in zip(with_grids.state_dict().values(), without.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    run.validate(with_grids, DigitsDataModule(batch_size=64))  # at step 8 again: a name of its own
+    # A fresh validate from the step-8 checkpoint (as `ebmflow validate`): its step, a name of its own.
+    (ckpt,) = (tmp_path / "a" / "checkpoints").glob("*.ckpt")
+    again = trainer(
+        tmp_path / "a", accelerator=device.type, callbacks=[SampleGrids(num_samples=16, columns=8)]
+    )
+    again.validate(tiny_model(), DigitsDataModule(batch_size=64), ckpt_path=ckpt)
     folder = tmp_path / "a" / "samples"
     names = sorted(p.name for p in folder.glob("*.png"))
     steps = ["000002", "000004", "000006", "000008", "000008-2"]

@@ -87,6 +87,9 @@ def test_fit_test_sample_encode(tiny_config: Path, tmp_path: Path, capsys: pytes
             run(command, "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(target), *other)
         assert stopped.value.code == 2
         assert "already holds" in capsys.readouterr().err, command
+    with pytest.raises(SystemExit):  # sample writes a folder
+        run("sample", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--out", str(codes_path))
+    assert "is a file" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in [*out.iterdir(), codes_path]} == written
 
 
@@ -310,22 +313,39 @@ def test_write_npz_streams_batches_exactly(tmp_path: Path) -> None:
 
 
 def test_predictions_under_ddp_never_replace_earlier_ones(tmp_path: Path) -> None:
-    """Each rank writes its own file, and a second predict its own files; an explicit out that exists is
-    refused before predicting. (The writer's naming only; the 2-process run itself is Lightning's.)"""
+    """Each rank writes its own file under one name for all ranks, chosen before predicting, and a
+    later predict never replaces any (also after one rank's file was lost); an explicit out that exists
+    is refused before predicting. (The writer's naming only, with stand-ins for the ranks' trainers;
+    the 2-process run itself is Lightning's.)"""
     batches = [{"bpd": torch.arange(3.0)}]
-    names = []
-    for _ in range(2):
-        for rank in (0, 1):
-            writer = PredictionWriter()
-            writer.write_on_epoch_end(
-                SimpleNamespace(log_dir=str(tmp_path), world_size=2, global_rank=rank), None, batches, []
+
+    def predict() -> list[str]:
+        sent = {}  # rank 0's broadcast reaches rank 1
+        strategy = SimpleNamespace(broadcast=lambda stem, src: sent.setdefault("stem", stem))
+        ranks = [
+            SimpleNamespace(
+                log_dir=str(tmp_path),
+                world_size=2,
+                global_rank=rank,
+                is_global_zero=rank == 0,
+                strategy=strategy,
             )
-            names.append(writer.written.name)
-    expected = ["predictions.rank0.npz", "predictions.rank1.npz", "predictions.rank0-2.npz"]
-    assert names == [*expected, "predictions.rank1-2.npz"]
+            for rank in (0, 1)
+        ]
+        writers = [PredictionWriter() for _ in ranks]
+        for writer, rank in zip(writers, ranks, strict=True):
+            writer.on_predict_start(rank, None)
+        for writer, rank in zip(writers, ranks, strict=True):
+            writer.write_on_epoch_end(rank, None, batches, [])
+        return [writer.written.name for writer in writers]
+
+    assert predict() == ["predictions.rank0.npz", "predictions.rank1.npz"]
+    assert predict() == ["predictions-2.rank0.npz", "predictions-2.rank1.npz"]
+    (tmp_path / "predictions-2.rank0.npz").unlink()
+    assert predict() == ["predictions-3.rank0.npz", "predictions-3.rank1.npz"]
     explicit = PredictionWriter(out=str(tmp_path / "predictions.npz"))
     with pytest.raises(FileExistsError, match=r"already holds predictions\.rank0\.npz"):
-        explicit.on_predict_start(SimpleNamespace(world_size=2, global_rank=0), None)
+        explicit.on_predict_start(SimpleNamespace(world_size=2, global_rank=1), None)
 
 
 def test_predict_writes_per_image_bits_per_dim_and_codes(tiny_config: Path, tmp_path: Path, capsys) -> None:

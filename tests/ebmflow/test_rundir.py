@@ -186,6 +186,11 @@ def test_a_run_directory_with_a_log_takes_its_own_checkpoints_only(tmp_path: Pat
     )
     (row,) = read_rows(tmp_path / "new" / "metrics.csv")
     assert float(row["test/bpd_uniform"]) > 0
+    # the run's own checkpoint by its real path, the run directory through a link: its own
+    (link := tmp_path / "link").symlink_to(tmp_path / "run")
+    own = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    main(["test", "--config", str(config), "--ckpt_path", own, "--trainer.default_root_dir", str(link)])
+    assert sum(bool(row.get("test/bpd_uniform")) for row in read_rows(link / "metrics.csv")) == 1
 
 
 def test_a_resumed_fit_replaces_the_rows_the_interrupted_run_logged_after_its_checkpoint(
