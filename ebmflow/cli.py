@@ -262,23 +262,19 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         against the model, before the command writes anything. A run directory whose CSV log exists
         takes its own checkpoints only: another run's would add its numbers (or, resumed, its training)
         to this run's log, and `ebmflow report` would show them as this run's."""
+        logger = self.trainer.logger
         special = ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS
-        for logger in self._csv_loggers():
-            if not special and logger.metrics_file.is_file():
-                run_dir = os.path.realpath(logger.save_dir)
-                if not os.path.realpath(ckpt_path).startswith(run_dir + os.sep):
-                    raise ValueError(
-                        f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that "
-                        "run's log: give --trainer.default_root_dir the checkpoint's run directory, or a "
-                        "new one"
-                    )
+        if not special and isinstance(logger, CSVLogger) and logger.metrics_file.is_file():
+            run_dir = os.path.realpath(logger.save_dir)
+            if not os.path.realpath(ckpt_path).startswith(run_dir + os.sep):
+                raise ValueError(
+                    f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that run's "
+                    "log: give --trainer.default_root_dir the checkpoint's run directory, or a new one"
+                )
         if rank_zero_only.rank == 0:
             self.run_lock = RunLock.acquire(self.trainer.log_dir)
         if not special:
             check_compatible(read_checkpoint(ckpt_path), self.model, ckpt_path)
-
-    def _csv_loggers(self) -> list[CSVLogger]:
-        return [logger for logger in self.trainer.loggers if isinstance(logger, CSVLogger)]
 
     def _release_run_directory(self) -> None:
         lock = getattr(self, "run_lock", None)
@@ -289,7 +285,8 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         self._own_run_directory(self.config.fit.get("ckpt_path"))
         # The configs' CSV logger continues metrics.csv (so test and resume add to it); a fresh fit
         # must not add a second run's rows to an earlier run's log.
-        for logger in self._csv_loggers() if self.config.fit.get("ckpt_path") is None else []:
+        logger = self.trainer.logger
+        if isinstance(logger, CSVLogger) and self.config.fit.get("ckpt_path") is None:
             metrics = logger.metrics_file
             if metrics.is_file():
                 raise FileExistsError(
