@@ -54,7 +54,8 @@ class ChainHealth(EveryNEpochs):
       acceptance between neighbouring replicas in this validation's run. Near 0 the ladder does not mix,
       so the fresh samples (and the lag and moment gap measured against them) need not be the RBM's
       equilibrium: docs/results.md, round 10b, found a 10-replica ladder passing an RBM whose
-      equilibrium, on 20 replicas, had collapsed.
+      equilibrium, on 20 replicas, had collapsed. Where validation's samples come from a tempering
+      ``generation_sampler``, that ladder is the reference, so this also says whether they mixed.
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
     (and three standard errors; where validation's samples continue the chains, it adds that they then
@@ -68,10 +69,12 @@ class ChainHealth(EveryNEpochs):
     chains and the values are averaged.
 
     Args:
-        reference: the long independent run (default: parallel tempering, 500 sweeps of 20 replicas
-            from fair coins, geometric β down to 0.1: on docs/results.md round 11's Fashion-MNIST RBMs
-            its worst swap acceptance was 0.08–0.10, where 200 sweeps of 10 replicas gave 0.003–0.006,
-            and it drew the same samples as 1,500 sweeps).
+        reference: the long independent run. Default: the prior's ``generation_sampler`` where it is
+            parallel tempering (so ``health/reference_swap_acceptance`` says whether validation's
+            samples mixed, and one setting changes both), else ``default_reference``, parallel tempering,
+            500 sweeps of 20 replicas from fair coins, geometric β down to 0.1: on docs/results.md round
+            11's Fashion-MNIST RBMs its worst swap acceptance was 0.08–0.10, where 200 sweeps of 10
+            replicas gave 0.003–0.006, and it drew the same samples as 1,500 sweeps.
         reference_samples: independent chains of that run.
         mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
         max_examples: validation images whose codes are scored.
@@ -102,14 +105,25 @@ class ChainHealth(EveryNEpochs):
             raise ValueError(
                 f"mixing_sweeps must be >= 4 to estimate an autocorrelation, got {mixing_sweeps}"
             )
+        self.reference = reference
         # Block Gibbs from fair coins does not reach a trained RBM's modes even in 1,000 sweeps (README,
         # Fashion-MNIST): tempering does, so it is the reference the chains are compared with.
-        self.reference = reference if reference is not None else ParallelTempering(steps=500, replicas=20)
+        self.default_reference = ParallelTempering(steps=500, replicas=20)
         self.reference_samples = reference_samples
         self.mixing_sweeps, self.max_examples = mixing_sweeps, max_examples
         self.lag_tolerance, self.min_swap_acceptance, self.seed = lag_tolerance, min_swap_acceptance, seed
         self.max_moment_gap, self.min_reference_acceptance = max_moment_gap, min_reference_acceptance
         self._codes: list[torch.Tensor] = []
+
+    def reference_for(self, prior: RBMPrior) -> Sampler:
+        """The run this validation compares the chains with: ``reference`` where given, else the prior's
+        ``generation_sampler`` where it is parallel tempering (validation's samples come from that
+        ladder, so its swap acceptance says whether they mixed), else ``default_reference``."""
+        if self.reference is not None:
+            return self.reference
+        if isinstance(prior.generation_sampler, ParallelTempering):
+            return prior.generation_sampler
+        return self.default_reference
 
     def _applies(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         return self._due(trainer) and isinstance(pl_module.prior, RBMPrior)
@@ -129,25 +143,31 @@ class ChainHealth(EveryNEpochs):
         prior: RBMPrior = pl_module.prior
         model = prior.spin_model()
         with torch.no_grad(), fixed_noise(self.seed + trainer.global_rank, pl_module.device):
-            fresh = self.reference.to(model.weight.device).sample(model, self.reference_samples)
+            reference = self.reference_for(prior).to(model.weight.device)
+            fresh = reference.sample(model, self.reference_samples)
             chains = prior.sampler.persistent_states()
             start = chains if chains is not None else fresh
             flips, trace = self._mixing(model, start.to(model.weight.dtype))
         fresh_logp = model.neg_free_energy(fresh)
         metrics = {"health/fresh_logp": fresh_logp.mean(), "health/flip_rate": flips}
-        if isinstance(self.reference, ParallelTempering):
-            worst = self.reference.sample_acceptance.min()
+        if isinstance(reference, ParallelTempering):
+            worst = reference.sample_acceptance.min()
             metrics["health/reference_swap_acceptance"] = worst
             if worst < self.min_reference_acceptance:
+                generates = reference is prior.generation_sampler
                 log.warning(
                     "RBM health: the reference run's tempering swaps were accepted %.1f%% of the time at "
                     "their worst pair at step %d: its ladder does not mix, so health/fresh_logp, chain_lag "
-                    "and moment_gap describe its samples, not necessarily the RBM's equilibrium. Give "
-                    "ChainHealth a finer ladder (init_args.reference: priors.ParallelTempering with more "
-                    "replicas, and steps to match) and check with python scripts/compare_samplers.py "
-                    "RUN_DIR --tempering REPLICAS SWEEPS that tripling the sweeps changes nothing.",
+                    "and moment_gap%s describe its samples, not necessarily the RBM's equilibrium. Give %s "
+                    "a finer ladder (priors.ParallelTempering with more replicas, and steps to match) and "
+                    "check with python scripts/compare_samplers.py RUN_DIR --tempering REPLICAS SWEEPS "
+                    "that tripling the sweeps changes nothing.",
                     100 * float(worst),
                     trainer.global_step,
+                    ", and validation's val/fid, val/is and val/coverage_* (drawn on it)," * generates,
+                    "the prior's generation_sampler (ChainHealth's reference follows it)"
+                    if generates
+                    else "ChainHealth (init_args.reference)",
                 )
         metrics["health/coupling_bound"] = (
             torch.linalg.matrix_norm(model.weight, 2) / prior.coupling.delta.detach()

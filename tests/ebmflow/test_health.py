@@ -332,7 +332,7 @@ def test_the_default_reference_mixes_where_the_earlier_one_did_not() -> None:
     health = ChainHealth()
     rates = {}
     for name, reference in {
-        "default": health.reference,
+        "default": health.default_reference,
         "earlier": ParallelTempering(200, replicas=10),
     }.items():
         torch.manual_seed(0)
@@ -346,21 +346,27 @@ def test_the_default_reference_mixes_where_the_earlier_one_did_not() -> None:
     )
 
 
+@pytest.mark.parametrize("given_to", ["chain_health", "generation_sampler"])
 @pytest.mark.parametrize("energy", [False, True])
-def test_chain_health_reports_its_references_swap_acceptance(tmp_path: Path, caplog, energy: bool) -> None:
+def test_chain_health_reports_its_references_swap_acceptance(
+    tmp_path: Path, caplog, energy: bool, given_to: str
+) -> None:
     """The reference's smallest swap rate: exactly 1 where the RBM has no energy (every state equally
     probable at every β); where the fields pull 52 spins to +1 by 2 each and the ladder jumps from β = 1
     to 0.001, a swap would cost about 100 nats, so none is accepted and the log says the fresh samples
-    need not be the equilibrium."""
-    model = stuck_model(BlockGibbs(3, 8))
+    need not be the equilibrium. Without a reference of its own, ChainHealth reads the ladder the prior
+    generates with (the default 20 × 500 one would swap here), and the warning says to refine that one,
+    since validation's samples come from it."""
+    ladder = ParallelTempering(steps=20, replicas=2, min_beta=0.001)
+    generates = given_to == "generation_sampler"
+    model = stuck_model(BlockGibbs(3, 8), generation_sampler=ladder if generates else None)
     with torch.no_grad():
         model.prior.coupling.raw_weight.zero_()
         if not energy:
             model.prior.bias.zero_()
-    reference = ParallelTempering(steps=20, replicas=2, min_beta=0.001)
     # the training sampler's threshold above 1 would flag any rate: the reference's own one decides
     health = ChainHealth(
-        reference=reference,
+        reference=None if generates else ladder,
         reference_samples=20,
         mixing_sweeps=10,
         min_swap_acceptance=1.5,
@@ -371,6 +377,12 @@ def test_chain_health_reports_its_references_swap_acceptance(tmp_path: Path, cap
         run.validate(model, DigitsDataModule(batch_size=64))
     assert run.callback_metrics["health/reference_swap_acceptance"].item() == (0.0 if energy else 1.0)
     assert ("the reference run's tempering swaps" in caplog.text) == energy
+    advice = {
+        "chain_health": "Give ChainHealth (init_args.reference) a finer ladder",
+        "generation_sampler": "validation's val/fid, val/is and val/coverage_* (drawn on it), describe its "
+        "samples, not necessarily the RBM's equilibrium. Give the prior's generation_sampler",
+    }[given_to]
+    assert (advice in caplog.text) == energy
 
 
 def test_sample_quality_logs_class_coverage(tmp_path: Path) -> None:
