@@ -285,9 +285,11 @@ class ParallelTempering(Sampler):
         return self.states[0]
 
     def statistics(self) -> dict[str, Tensor]:
-        """Swap acceptance of each neighbouring pair (k, k+1) since the last call, and the ladder."""
+        """Swap acceptance of each neighbouring pair (k, k+1) offered swaps since the last call (none
+        when no training step ran since, as in ``ebmflow validate``: 0 of 0 is no rate), and the ladder."""
         rates = self.swaps_accepted / self.swaps_offered.clamp_min(1)
-        stats = {f"swap_acceptance_{k}_{k + 1}": rate for k, rate in enumerate(rates)}
+        offered = self.swaps_offered > 0
+        stats = {f"swap_acceptance_{k}_{k + 1}": rate for k, rate in enumerate(rates) if offered[k]}
         stats |= {f"beta_{k}": beta for k, beta in enumerate(self.betas)}
         self.swaps_accepted.zero_()
         self.swaps_offered.zero_()

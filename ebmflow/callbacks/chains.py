@@ -49,7 +49,8 @@ class ChainHealth(EveryNEpochs):
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
-      parallel tempering);
+      parallel tempering, over the training steps since the last validation: none in ``ebmflow
+      validate``);
     - ``health/reference_swap_acceptance``, where the reference is parallel tempering: its smallest swap
       acceptance between neighbouring replicas in this validation's run. Near 0 the ladder does not mix,
       so the fresh samples (and the lag and moment gap measured against them) need not be the RBM's

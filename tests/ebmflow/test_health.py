@@ -309,17 +309,25 @@ def test_chain_health_logs_how_close_the_couplings_are_to_the_smoothings_bound(
     assert run.callback_metrics["health/coupling_bound"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("trained", [True, False])
+def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog, trained: bool) -> None:
+    """The training ladder's swap rates since the last validation, one per pair; where no swap was
+    offered since then (``ebmflow validate`` of a checkpoint: no training step), none, and no warning
+    that swaps are never accepted (it used to read 0/0 as 0 % at every pair)."""
     model = stuck_model(ParallelTempering(steps=2, chains=8, replicas=3, min_beta=0.001))
-    model.train()
-    model.prior.loss(torch.randn(2, 64))  # one negative phase: swaps are offered
+    if trained:
+        model.train()
+        model.prior.loss(torch.randn(2, 64))  # one negative phase: swaps are offered
     health = ChainHealth(reference=BlockGibbs(steps=20), reference_samples=20, mixing_sweeps=10)
     run = trainer(tmp_path, limit_val_batches=1, callbacks=[health])
     with caplog.at_level(logging.WARNING, logger="ebmflow.callbacks"):
         run.validate(model, DigitsDataModule(batch_size=64))
     rates = {k: v.item() for k, v in run.callback_metrics.items() if "swap_acceptance" in k}
-    assert set(rates) == {"health/swap_acceptance_0_1", "health/swap_acceptance_1_2"}
+    assert set(rates) == ({"health/swap_acceptance_0_1", "health/swap_acceptance_1_2"} if trained else set())
     assert all(0 <= r <= 1 for r in rates.values())
+    assert ("tempering swaps 0_1 are accepted" in caplog.text) == (
+        trained and rates["health/swap_acceptance_0_1"] < 0.1
+    )
     assert run.callback_metrics["health/beta_2"].item() == pytest.approx(0.001)
 
 
