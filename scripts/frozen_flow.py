@@ -175,8 +175,14 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.every == 0:
             if args.train_tempering is not None:
                 rates = prior.sampler.statistics()
-                worst = min(v.item() for k, v in rates.items() if k.startswith("swap_acceptance"))
-                print(f"step {step}: training ladder's smallest swap acceptance {worst:.3f}", flush=True)
+                offered = [v.item() for k, v in rates.items() if k.startswith("swap_acceptance")]
+                pairs = len(prior.sampler.betas) - 1  # one sweep a step offers every other pair only
+                worst = min(offered, default=float("nan"))
+                print(
+                    f"step {step}: training ladder's smallest swap acceptance {worst:.3f} "
+                    f"({len(offered)} of {pairs} pairs offered swaps)",
+                    flush=True,
+                )
             evaluate_all(step)
 
     evaluate_all(0)

@@ -29,7 +29,7 @@ class ChainHealth(EveryNEpochs):
 
     - ``health/chain_logp``, ``health/fresh_logp``, ``health/data_logp``: mean −F(s_v) (log p̃ with the
       hidden units summed out) of the persistent chains, of fresh samples from a long independent run
-      (``reference``, from fair coins), and of the data's codes (visible part of argmax p(s|z) of the
+      (``reference_for``, from fair coins), and of the data's codes (visible part of argmax p(s|z) of the
       validation images);
     - ``health/chain_lag`` = chains − fresh, the number to watch (near 0 when healthy; strongly negative
       when the model's modes have run away from the chains), and ``health/data_gap`` = data − fresh;
@@ -49,14 +49,15 @@ class ChainHealth(EveryNEpochs):
     - ``health/flip_rate`` (fraction of visible spins that flip per block-Gibbs sweep) and
       ``health/energy_iat`` (integrated autocorrelation time of −F along ``mixing_sweeps`` sweeps from
       the chains, in sweeps), and the sampler's own figures (``health/swap_acceptance_k_k+1`` for
-      parallel tempering, over the training steps since the last validation: none in ``ebmflow
-      validate``);
+      parallel tempering, over the training steps since ChainHealth last ran; a pair offered no swap
+      since then, as in ``ebmflow validate``, has none);
     - ``health/reference_swap_acceptance``, where the reference is parallel tempering: its smallest swap
       acceptance between neighbouring replicas in this validation's run. Near 0 the ladder does not mix,
       so the fresh samples (and the lag and moment gap measured against them) need not be the RBM's
       equilibrium: docs/results.md, round 10b, found a 10-replica ladder passing an RBM whose
       equilibrium, on 20 replicas, had collapsed. Where validation's samples come from a tempering
-      ``generation_sampler``, that ladder is the reference, so this also says whether they mixed.
+      ``generation_sampler``, that ladder is the reference: its own draw on it says whether the ladder
+      validation's samples come from mixes.
 
     A warning in the log says what to change when the chains lag by more than ``lag_tolerance`` nats
     (and three standard errors; where validation's samples continue the chains, it adds that they then
@@ -71,8 +72,10 @@ class ChainHealth(EveryNEpochs):
 
     Args:
         reference: the long independent run. Default: the prior's ``generation_sampler`` where it is
-            parallel tempering (so ``health/reference_swap_acceptance`` says whether validation's
-            samples mixed, and one setting changes both), else ``default_reference``, parallel tempering,
+            parallel tempering (so ``health/reference_swap_acceptance`` says whether the ladder of
+            validation's samples mixes, and one setting changes both; it is then also the lag's and the
+            moment gap's reference, so give it at least the default's sweeps), else
+            ``default_reference``, parallel tempering,
             500 sweeps of 20 replicas from fair coins, geometric β down to 0.1: on docs/results.md round
             11's Fashion-MNIST RBMs its worst swap acceptance was 0.08–0.10, where 200 sweeps of 10
             replicas gave 0.003–0.006, and it drew the same samples as 1,500 sweeps.
@@ -203,12 +206,15 @@ class ChainHealth(EveryNEpochs):
                     "RBM health: the persistent chains sit %.1f nats of log p̃ (± %.1f) above the reference "
                     "run's fresh samples at step %d: the reference has not reached the RBM's equilibrium, so "
                     "health/chain_lag and health/moment_gap describe its samples, not the model's. Give "
-                    "ChainHealth a stronger reference (init_args.reference: more steps or replicas of "
-                    "priors.ParallelTempering, adaptive: true) or check with python "
+                    "%s more sweeps or replicas (priors.ParallelTempering) or check with python "
                     "scripts/compare_samplers.py RUN_DIR.",
                     float(lag),
                     float(stderr),
                     trainer.global_step,
+                    "the prior's generation_sampler (ChainHealth's reference follows it; validation's "
+                    "samples come from it too)"
+                    if reference is prior.generation_sampler
+                    else "ChainHealth's reference (init_args.reference)",
                 )
         if self._codes:
             codes = torch.cat(self._codes).to(model.weight.dtype)

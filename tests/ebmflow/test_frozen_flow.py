@@ -163,3 +163,18 @@ def test_the_burn_in_leaves_the_training_stream_where_a_plain_run_starts_it(
     main(common)
     main([*common, "--train-tempering", "2", "5"])
     assert len(states) == 2 and torch.equal(states[0], states[1])
+
+
+def test_training_on_a_ladder_whose_step_offers_no_swap_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--train-tempering 2 1: one sweep a step, and a sweep offers the one pair (0, 1) only every other
+    time (after the 500 burn-in sweeps: steps 1 and 3). Step 2 has no rate to report, and says so
+    instead of failing on the minimum of none."""
+    run = fit_run(tmp_path, TINY["model"]["prior"])
+    options = ["--steps", "3", "--every", "1", "--control-seeds", "0", "--feature", "digits"]
+    options += ["--samples", "20", "--train-tempering", "2", "1", "--out", str(tmp_path / "rows.jsonl")]
+    main([str(run), *options])
+    said = [line for line in capsys.readouterr().out.splitlines() if "training ladder's" in line]
+    assert [line.split(" (")[-1] for line in said] == [f"{n} of 1 pairs offered swaps)" for n in (1, 0, 1)]
+    assert said[1] == "step 2: training ladder's smallest swap acceptance nan (0 of 1 pairs offered swaps)"

@@ -325,10 +325,22 @@ def test_chain_health_reports_tempering_swap_rates(tmp_path: Path, caplog, train
     rates = {k: v.item() for k, v in run.callback_metrics.items() if "swap_acceptance" in k}
     assert set(rates) == ({"health/swap_acceptance_0_1", "health/swap_acceptance_1_2"} if trained else set())
     assert all(0 <= r <= 1 for r in rates.values())
-    assert ("tempering swaps 0_1 are accepted" in caplog.text) == (
-        trained and rates["health/swap_acceptance_0_1"] < 0.1
-    )
+    for pair in ("0_1", "1_2"):
+        low = trained and rates[f"health/swap_acceptance_{pair}"] < health.min_swap_acceptance
+        assert (f"tempering swaps {pair} are accepted" in caplog.text) == low
     assert run.callback_metrics["health/beta_2"].item() == pytest.approx(0.001)
+
+
+def test_the_reference_is_the_given_one_else_a_tempering_generation_sampler_else_the_default() -> None:
+    ladder, given = ParallelTempering(steps=5, replicas=3), ParallelTempering(steps=7, replicas=4)
+    tempering, gibbs, plain = (
+        RBMPrior(64, n_visible=52, generation_sampler=generation)
+        for generation in (ladder, BlockGibbs(5), None)
+    )
+    follows, own = ChainHealth(), ChainHealth(reference=given)
+    assert follows.reference_for(tempering) is ladder
+    assert follows.reference_for(gibbs) is follows.reference_for(plain) is follows.default_reference
+    assert all(own.reference_for(prior) is given for prior in (tempering, gibbs, plain))
 
 
 def test_the_default_reference_mixes_where_the_earlier_one_did_not() -> None:

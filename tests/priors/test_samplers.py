@@ -179,6 +179,19 @@ def test_sampling_reports_each_pairs_swap_acceptance_and_leaves_training_statist
     assert tempering.swaps_offered.sum() == 0
 
 
+def test_tempering_statistics_name_only_the_pairs_offered_swaps() -> None:
+    """A sweep offers swaps to the pairs of one parity only: after one sweep of three replicas, pair
+    (0, 1) alone has a rate (exactly 1 without energy); pair (1, 2) was offered none, so it has no rate
+    rather than 0 of 0, and after the call none has one."""
+    tempering = ParallelTempering(steps=1, chains=4, replicas=3)
+    tempering.bind(12, 4)
+    flat = RBM(torch.zeros(12, 4), torch.zeros(12), torch.zeros(4))
+    tempering.negative_phase(flat)
+    rates = {k: v.item() for k, v in tempering.statistics().items() if k.startswith("swap_acceptance")}
+    assert rates == {"swap_acceptance_0_1": 1.0}
+    assert not any(k.startswith("swap_acceptance") for k in tempering.statistics())
+
+
 def test_adaptive_ladder_keeps_its_ends_and_evens_out_acceptance() -> None:
     torch.manual_seed(0)
     model, _ = bimodal_rbm()
