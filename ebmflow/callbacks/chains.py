@@ -75,10 +75,10 @@ class ChainHealth(EveryNEpochs):
             parallel tempering (so ``health/reference_swap_acceptance`` says whether the ladder of
             validation's samples mixes, and one setting changes both; it is then also the lag's and the
             moment gap's reference, so give it at least the default's sweeps), else
-            ``default_reference``, parallel tempering,
-            500 sweeps of 20 replicas from fair coins, geometric β down to 0.1: on docs/results.md round
-            11's Fashion-MNIST RBMs its worst swap acceptance was 0.08–0.10, where 200 sweeps of 10
-            replicas gave 0.003–0.006, and it drew the same samples as 1,500 sweeps.
+            ``default_reference``, parallel tempering, 500 sweeps of 20 replicas from fair coins,
+            geometric β down to 0.1: on docs/results.md round 11's Fashion-MNIST RBMs its worst swap
+            acceptance was 0.08–0.10, where 200 sweeps of 10 replicas gave 0.003–0.006, and it drew the
+            same samples as 1,500 sweeps.
         reference_samples: independent chains of that run.
         mixing_sweeps: sweeps recorded for the flip rate and autocorrelation time.
         max_examples: validation images whose codes are scored.
