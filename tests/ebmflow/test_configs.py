@@ -158,6 +158,11 @@ def test_the_equilibrium_samples_overlay_generates_by_fresh_tempering(before: tu
     generation = cli.model.prior.generation_sampler
     assert isinstance(generation, ParallelTempering) and generation.sample_start == "fair_coins"
     assert not generation.adaptive and ChainHealth().reference_for(cli.model.prior) is generation
+    # it is ChainHealth's reference now, so no weaker than the default one: as many sweeps, as many
+    # replicas or more, over the same range of β
+    default = ChainHealth().default_reference
+    assert generation.sample_steps >= default.sample_steps and len(generation.betas) >= len(default.betas)
+    assert (generation.betas[0], generation.betas[-1]) == (default.betas[0], default.betas[-1])
 
     def settings(sampler) -> dict:  # its arguments, and its ladder; of the random chains, their shapes
         stored = {k: v for k, v in vars(sampler).items() if not k.startswith("_")}
