@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
@@ -152,6 +153,7 @@ class EBMFlow(L.LightningModule):
         self.skipped_batches = 0
         self.wall_seconds = 0.0  # training time, carried across resumes
         self._averaged_checkpoint = False  # loaded from a checkpoint that PriorAveraging wrote
+        self._checkpoint_progress = (0, 0)  # the loaded checkpoint's (epoch, global step)
         self._test_bpd: list[Tensor] = []
 
     # ----------------------------------------------------------------------------------------- setup
@@ -164,6 +166,23 @@ class EBMFlow(L.LightningModule):
             )
         if self.logger is not None:
             self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
+
+    @property
+    def trained_steps(self) -> int:
+        """The optimiser steps behind the weights being evaluated: the trainer's global step in fit, the
+        loaded checkpoint's outside it (Lightning restores the step in fit only; 0 for fresh weights)."""
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            return self.trainer.global_step
+        return self._checkpoint_progress[1]
+
+    def _log_checkpoint_progress(self) -> None:
+        """Outside fit, put this evaluation's row where fit's validation of the same weights puts its
+        own: the checkpoint's epoch, and one step under its global step (Lightning logs a row at step s
+        during the (s + 1)-th step). Lightning would log it at epoch 0, step 0 (its ``step`` metric is the
+        logging step: LoggerConnector.log_metrics)."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            epoch, steps = self._checkpoint_progress
+            self.log_dict({"epoch": float(epoch), "step": float(max(steps - 1, 0))}, sync_dist=True)
 
     def on_fit_start(self) -> None:
         wrapped = self.trainer.strategy.model
@@ -367,15 +386,17 @@ class EBMFlow(L.LightningModule):
         finite, self._validation_finite = self._validation_finite, True
         if not finite:  # raised before ModelCheckpoint sees this validation: never a "best" checkpoint
             raise NonFiniteLossError(
-                f"non-finite validation bits/dim at global step {self.global_step}, "
-                f"epoch {self.current_epoch}: the model has diverged. Resume from an earlier checkpoint "
-                "with a lower learning rate or gradient clipping (--trainer.gradient_clip_val)."
+                f"non-finite validation bits/dim at step {self.trained_steps}: the model has diverged. "
+                "Resume from an earlier checkpoint with a lower learning rate or gradient clipping "
+                "(--trainer.gradient_clip_val)."
             )
+        self._log_checkpoint_progress()
 
     def on_test_epoch_end(self) -> None:
         bpd = self.all_gather(torch.cat(self._test_bpd)).flatten()
         self._test_bpd = []
         self.log("test/bpd_uniform_stderr", bpd.std() / math.sqrt(len(bpd)))
+        self._log_checkpoint_progress()
 
     def on_test_epoch_start(self) -> None:
         if isinstance(self.prior, DiscretePrior) and not self.prior.log_partition_is_exact:
@@ -454,6 +475,7 @@ class EBMFlow(L.LightningModule):
         self.wall_seconds = checkpoint.get("ebmflow_wall_seconds", 0.0)
         self._averaged_checkpoint = LIVE_PRIOR_KEY in checkpoint
         self._saved_prior_schedule = checkpoint.get("ebmflow_prior_lr_scheduler")
+        self._checkpoint_progress = (checkpoint.get("epoch", 0), checkpoint.get("global_step", 0))
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch

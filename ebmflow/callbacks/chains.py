@@ -167,7 +167,7 @@ class ChainHealth(EveryNEpochs):
                     "check with python scripts/compare_samplers.py RUN_DIR --tempering REPLICAS SWEEPS "
                     "that tripling the sweeps changes nothing.",
                     100 * float(worst),
-                    trainer.global_step,
+                    pl_module.trained_steps,
                     ", and validation's val/fid, val/is and val/coverage_* (drawn on it)," * generates,
                     "the prior's generation_sampler (ChainHealth's reference follows it)"
                     if generates
@@ -198,7 +198,7 @@ class ChainHealth(EveryNEpochs):
                     "--model.prior.sampler priors.ParallelTempering.%s",
                     -float(lag),
                     float(stderr),
-                    trainer.global_step,
+                    pl_module.trained_steps,
                     SAMPLES_FROM_LAGGING_CHAINS if samples_continue_chains else "",
                 )
             elif lag > max(self.lag_tolerance, 3 * float(stderr)):
@@ -210,7 +210,7 @@ class ChainHealth(EveryNEpochs):
                     "scripts/compare_samplers.py RUN_DIR.",
                     float(lag),
                     float(stderr),
-                    trainer.global_step,
+                    pl_module.trained_steps,
                     "the prior's generation_sampler (ChainHealth's reference follows it; validation's "
                     "samples come from it too)"
                     if reference is prior.generation_sampler
@@ -240,7 +240,7 @@ class ChainHealth(EveryNEpochs):
                     100 * noise,
                     len(fresh),
                     len(codes),
-                    trainer.global_step,
+                    pl_module.trained_steps,
                 )
         if metrics["health/energy_iat"] * SLOW_MIXING > self.mixing_sweeps:
             log.warning(

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.utils import make_grid
 
 from ebmflow.callbacks.base import EveryNEpochs, fixed_noise
@@ -36,10 +35,6 @@ class SampleGrids(EveryNEpochs):
     ) -> None:
         super().__init__(every_n_epochs, in_fast_dev_run)
         self.num_samples, self.columns, self.temperature, self.seed = num_samples, columns, temperature, seed
-        self.checkpoint_step = 0  # outside fit (validate from a checkpoint) the grids take its step
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
@@ -55,11 +50,11 @@ class SampleGrids(EveryNEpochs):
                 rows = max(self.num_samples // self.columns, 1)
                 columns = pl_module.sample_columns(self.columns, rows, self.temperature)
                 grids["discrete_columns"] = columns.flatten(0, 1)
-        step = trainer.global_step if trainer.state.fn == TrainerFn.FITTING else self.checkpoint_step
+        step = pl_module.trained_steps  # outside fit (validate from a checkpoint): the checkpoint's
         for name, images in grids.items():
             grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
             if to_wandb:
-                trainer.logger.log_image(key=name, images=[grid], step=trainer.global_step)
+                trainer.logger.log_image(key=name, images=[grid], step=step)
             else:
                 path = unused_name(folder, f"{name}_step={step:06d}", ".png")
                 atomic_save_image(grid, path)

@@ -147,7 +147,7 @@ class SampleQuality(EveryNEpochs):
                 100 * self.coverage_threshold,
                 100 * coverage["max_share"],
                 100 * data["max_share"],
-                trainer.global_step,
+                pl_module.trained_steps,
             )
         fid.reset()
         inception_score.reset()

@@ -64,6 +64,27 @@ def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFi
     assert read_run(run_dir)["row"]["steps"] == 6
 
 
+def test_validate_and_test_log_at_their_checkpoints_step(tmp_path: Path) -> None:
+    """`ebmflow validate` and `test` of a checkpoint put their rows (and warnings) at its step, where fit's
+    validation of the same weights put its row, not at step 0, epoch 0 (Lightning restores the step in
+    fit only); the report counts the validated run's steps from them."""
+    logger = {"class_path": "ebmflow.loggers.CSVLogger"}
+    config = tmp_path / "csv.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "trainer": {**TINY["trainer"], "logger": logger}}))
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")])
+    (fitted,) = [row for row in read_rows(tmp_path / "run" / "metrics.csv") if row["val/bpd_uniform"]]
+    assert (fitted["epoch"], fitted["step"]) == ("0", "3")  # the validation after 4 steps
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("*.ckpt")
+    for command in ("validate", "test"):
+        where = ["--trainer.default_root_dir", str(tmp_path / command)]
+        main([command, "--config", str(config), "--ckpt_path", str(ckpt), *where])
+        (row,) = read_rows(tmp_path / command / "metrics.csv")
+        assert (float(row["epoch"]), float(row["step"])) == (0, 3)
+        assert read_run(tmp_path / command)["row"]["steps"] == (4 if command == "validate" else 0)
+    (validated,) = read_rows(tmp_path / "validate" / "metrics.csv")
+    assert validated["val/bpd_uniform"] == fitted["val/bpd_uniform"]  # the same weights, the same noise
+
+
 def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
     """The shipped conf/wandb.yaml as a user composes it: no save_dir, so the run directory
     (--trainer.default_root_dir) holds the offline run, the config and the checkpoints, and nothing
