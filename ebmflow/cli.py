@@ -207,8 +207,8 @@ class LoggedConfig(SaveConfigCallback):
                 path = unused_name(folder, f"config.{command}", ".yaml")
             text = self.parser.dump(self.config, skip_none=False, format="yaml")
             atomic_write(path, lambda handle: handle.write(text.encode()))
-            if trainer.logger is not None:
-                trainer.logger.log_hyperparams({"config": yaml.safe_load(text)})
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": yaml.safe_load(text)})
         self.already_saved = True
 
 
@@ -218,6 +218,11 @@ def _data_shape(data: ImageDataModule) -> list[int]:
 
 def _data_dim(data: ImageDataModule) -> int:
     return math.prod(data.shape)
+
+
+def csv_loggers(trainer: L.Trainer) -> list[CSVLogger]:
+    """The run's CSV logs, wherever they stand among its loggers (W&B and CSV together, in any order)."""
+    return [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
 
 
 class EBMFlowCLI(IgnoreCheckpointHyperparameters):
@@ -262,15 +267,17 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         against the model, before the command writes anything. A run directory whose CSV log exists
         takes its own checkpoints only: another run's would add its numbers (or, resumed, its training)
         to this run's log, and `ebmflow report` would show them as this run's."""
-        logger = self.trainer.logger
         special = ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS
-        if not special and isinstance(logger, CSVLogger) and logger.metrics_file.is_file():
-            run_dir = os.path.realpath(logger.save_dir)
-            if not os.path.realpath(ckpt_path).startswith(run_dir + os.sep):
-                raise ValueError(
-                    f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that run's "
-                    "log: give --trainer.default_root_dir the checkpoint's run directory, or a new one"
-                )
+        if not special:
+            checkpoint = os.path.realpath(ckpt_path)
+            for logger in csv_loggers(self.trainer):
+                run_dir = os.path.realpath(logger.save_dir)
+                if logger.metrics_file.is_file() and not checkpoint.startswith(run_dir + os.sep):
+                    raise ValueError(
+                        f"checkpoint {ckpt_path} is not one of {run_dir}'s, whose metrics.csv holds that "
+                        "run's log: give --trainer.default_root_dir the checkpoint's run directory, or a "
+                        "new one"
+                    )
         if rank_zero_only.rank == 0:
             self.run_lock = RunLock.acquire(self.trainer.log_dir)
         if not special:
@@ -285,12 +292,12 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         self._own_run_directory(self.config.fit.get("ckpt_path"))
         # The configs' CSV logger continues metrics.csv (so test and resume add to it); a fresh fit
         # must not add a second run's rows to an earlier run's log.
-        logger = self.trainer.logger
-        if isinstance(logger, CSVLogger) and self.config.fit.get("ckpt_path") is None:
-            metrics = logger.metrics_file
-            if metrics.is_file():
+        if self.config.fit.get("ckpt_path") is not None:
+            return
+        for logger in csv_loggers(self.trainer):
+            if logger.metrics_file.is_file():
                 raise FileExistsError(
-                    f"{metrics} holds an earlier run's log. Resume that run with --ckpt_path "
+                    f"{logger.metrics_file} holds an earlier run's log. Resume that run with --ckpt_path "
                     "<its checkpoints>/last.ckpt, or start this one elsewhere (--trainer.default_root_dir), "
                     "or move the old run directory away."
                 )

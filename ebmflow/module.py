@@ -164,8 +164,8 @@ class EBMFlow(L.LightningModule):
                 f"the data has shape {tuple(data_shape)} but the flow expects {tuple(self.flow.in_shape)}: "
                 f"set --model.flow.init_args.in_shape={list(data_shape)} (and the prior's dim to match)"
             )
-        if self.logger is not None:
-            self.logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
+        for logger in self.loggers:
+            logger.log_hyperparams({"num_parameters": sum(p.numel() for p in self.parameters())})
 
     @property
     def trained_steps(self) -> int:

@@ -17,11 +17,11 @@ __all__ = ["SampleGrids"]
 
 class SampleGrids(EveryNEpochs):
     """A grid of samples and, for discrete priors, the paper's Fig. 3 grid (each column one discrete s)
-    after validation: W&B images when the logger is W&B, otherwise PNG files in ``<log_dir>/samples``
-    named by the training step (``samples_step=000500.png``; ``ebmflow validate`` names them by its
-    checkpoint's step, and a second grid of one step adds ``-2``, ``-3``…: no grid replaces another).
-    The noise is the same every time (fixed seed, the training random stream is left untouched), so
-    successive grids show the model changing, not the draw.
+    after validation: W&B images when a logger is W&B (beside a CSV log too), otherwise PNG files in
+    ``<log_dir>/samples`` named by the training step (``samples_step=000500.png``; ``ebmflow validate``
+    names them by its checkpoint's step, and a second grid of one step adds ``-2``, ``-3``…: no grid
+    replaces another). The noise is the same every time (fixed seed, the training random stream is left
+    untouched), so successive grids show the model changing, not the draw.
     """
 
     def __init__(
@@ -39,9 +39,9 @@ class SampleGrids(EveryNEpochs):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
-        to_wandb = isinstance(trainer.logger, WandbLogger)
+        wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         # trainer.log_dir broadcasts under DDP: every rank asks, rank 0 alone draws and writes.
-        folder = None if to_wandb else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        folder = None if wandb else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         if not trainer.is_global_zero:
             return
         with fixed_noise(self.seed, pl_module.device):
@@ -53,8 +53,8 @@ class SampleGrids(EveryNEpochs):
         step = pl_module.trained_steps  # outside fit (validate from a checkpoint): the checkpoint's
         for name, images in grids.items():
             grid = make_grid(images.float().cpu() / 255, nrow=self.columns)
-            if to_wandb:
-                trainer.logger.log_image(key=name, images=[grid], step=step)
-            else:
+            for logger in wandb:
+                logger.log_image(key=name, images=[grid], step=step)
+            if not wandb:
                 path = unused_name(folder, f"{name}_step={step:06d}", ".png")
                 atomic_save_image(grid, path)

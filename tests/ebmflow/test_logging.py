@@ -85,10 +85,58 @@ def test_validate_and_test_log_at_their_checkpoints_step(tmp_path: Path) -> None
     assert validated["val/bpd_uniform"] == fitted["val/bpd_uniform"]  # the same weights, the same noise
 
 
-def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
+def test_run_directory_guards_see_a_csv_log_behind_another_logger(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """With the CSV log second among the loggers (after W&B, say), a fresh fit into its directory still
+    stops before touching the log, another run's checkpoint is still refused, and hparams.yaml still
+    gets the parameter count the report shows."""
+    run_dir = tmp_path / "run"
+    other = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "lightning"},
+    }
+    loggers = [other, {"class_path": "ebmflow.loggers.CSVLogger"}]
+    config = tmp_path / "two.yaml"
+    trainer = {**TINY["trainer"], "logger": loggers, "default_root_dir": str(run_dir)}
+    config.write_text(yaml.safe_dump({**TINY, "trainer": trainer}))
+    main(["fit", "--config", str(config)])
+    assert read_run(run_dir)["row"]["parameters"] == sum(
+        p.numel() for p in make_cli(["--config", str(config)], run=False).model.parameters()
+    )
+    log = (run_dir / "metrics.csv").read_text()
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(config)])
+    assert stopped.value.code == 2 and "earlier run's log" in capsys.readouterr().err
+    assert (run_dir / "metrics.csv").read_text() == log
+    (ckpt,) = run_dir.rglob("*.ckpt")  # Lightning's layout under the first logger's directory
+    stranger = tmp_path / "stranger.ckpt"
+    stranger.write_bytes(ckpt.read_bytes())
+    with pytest.raises(SystemExit) as stopped:
+        main(["test", "--config", str(config), "--ckpt_path", str(stranger)])
+    assert stopped.value.code == 2 and "is not one of" in capsys.readouterr().err
+    assert (run_dir / "metrics.csv").read_text() == log
+
+
+WANDB_AFTER_CSV = {  # conf/wandb.yaml's logger behind a CSV log
+    "trainer": {
+        "logger": [
+            {"class_path": "ebmflow.loggers.CSVLogger"},
+            {
+                "class_path": "ebmflow.loggers.WandbLogger",
+                "init_args": {"project": "ebmflow", "group": "cifar10-ablation", "name": "rbm"},
+            },
+        ]
+    }
+}
+
+
+@pytest.mark.parametrize("csv_first", [False, True], ids=["wandb", "csv_then_wandb"])
+def test_wandb_runs_offline_without_a_key(tmp_path: Path, csv_first: bool) -> None:
     """The shipped conf/wandb.yaml as a user composes it: no save_dir, so the run directory
     (--trainer.default_root_dir) holds the offline run, the config and the checkpoints, and nothing
-    lands in the working directory."""
+    lands in the working directory. Behind a CSV log, W&B still gets the sample grids and the CSV log
+    its rows and the parameter count."""
     trainer = {
         **TINY["trainer"],
         "max_steps": -1,
@@ -108,8 +156,13 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"))
     command = ["fit", "--config", str(path), "--config", str(ROOT / "conf" / "wandb.yaml")]
+    if csv_first:
+        (both := tmp_path / "both.yaml").write_text(yaml.safe_dump(WANDB_AFTER_CSV))
+        command += ["--config", str(both)]
+    else:
+        command += ["--trainer.logger.init_args.name", "rbm"]
     result = subprocess.run(
-        [sys.executable, "-m", "ebmflow", *command, "--trainer.logger.init_args.name", "rbm"],
+        [sys.executable, "-m", "ebmflow", *command],
         cwd=elsewhere,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -120,8 +173,9 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(elsewhere.iterdir()) == []
     assert (root / "config.yaml").is_file()
-    # Lightning's layout for a W&B run's checkpoints: <save_dir>/<project>/<run id>/checkpoints
-    assert len(list(root.glob("ebmflow/*/checkpoints/*.ckpt"))) == 1
+    # Lightning's layout for the first logger's checkpoints: W&B's <save_dir>/<project>/<run id>/checkpoints
+    layout = "checkpoints/*.ckpt" if csv_first else "ebmflow/*/checkpoints/*.ckpt"
+    assert len(list(root.glob(layout))) == 1
     (run_dir,) = (root / "wandb").glob("offline-run-*")
     # The offline run's records (history, config, run settings) are in its transaction log, which
     # `wandb sync` uploads later.
@@ -139,3 +193,8 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path) -> None:
     media = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images").glob("*.png"))
     assert media == ["discrete", "samples"]
     assert not (root / "samples").exists()
+    if csv_first:
+        assert read_run(root)["row"]["parameters"] == sum(
+            p.numel() for p in make_cli(["--config", str(path)], run=False).model.parameters()
+        )
+        assert sum(bool(row["train/objective"]) for row in read_rows(root / "metrics.csv")) == 4
