@@ -89,8 +89,10 @@ def _number(value: object) -> float | None:
 
 def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) -> dict:
     """One row of the table and the curves against the training step from a run's logged rows (dicts
-    holding "epoch", "step" and metric values). Later rows win, so the test split's numbers, logged
-    last, fill the bits/dim column when they are there; the other columns are the last validation's.
+    holding "epoch", "step" and metric values), read in order of their step. Later rows win, so the
+    test split's numbers fill the bits/dim column when they are there; the other columns are the latest
+    step's validation (a checkpoint validated again later, with ``ebmflow validate``, replaces its own
+    step's reading, not the run's last).
     "steps" counts the optimiser steps trained by the last training or validation row: Lightning logs
     a row at step s during the (s + 1)-th step (a validation after 3,000 steps at step 2,999).
     "lagging_steps" lists the logged steps whose samples ChainHealth flagged as continuing lagging
@@ -99,12 +101,13 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
     lagging_steps: set[int] = set()
     epochs = steps = 0
+    logged = []  # (step, epoch, row) of every row that has an epoch
     for row in rows:
         epoch, step = _number(row.get("epoch")), _number(row.get("step"))
-        if epoch is None:
-            continue
-        epochs = max(epochs, int(epoch) + 1)
-        step = int(step) if step is not None else int(epoch)
+        if epoch is not None:
+            logged.append((int(step) if step is not None else int(epoch), int(epoch), row))
+    for step, epoch, row in sorted(logged, key=lambda entry: entry[0]):  # stable: in order within a step
+        epochs = max(epochs, epoch + 1)
         if not any(k.startswith("test/") and _number(v) is not None for k, v in row.items()):
             steps = max(steps, step + 1)  # a test run logs at the step it was tested at
         for key, value in row.items():
@@ -114,8 +117,8 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
             last[key] = number
             if key in curves:
                 curves[key][step] = number
-            if key == LAGGING_KEY and number > 0:
-                lagging_steps.add(step)
+            if key == LAGGING_KEY:  # a later reading of the step decides
+                (lagging_steps.add if number > 0 else lagging_steps.discard)(step)
     tested = "test/bpd_uniform" in last
     row = {
         "model": NAMES.get(prior, prior or name),

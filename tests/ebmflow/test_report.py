@@ -119,6 +119,20 @@ def test_report_marks_samples_read_from_lagging_chains(tmp_path: Path) -> None:
     )
 
 
+def test_a_checkpoint_validated_again_replaces_its_own_step_only(tmp_path: Path) -> None:
+    """`ebmflow validate` of the step-20 checkpoint after training (a row at step 19, appended last, its
+    samples no longer from lagging chains) replaces step 19's points in the curves, and the table still
+    reads the run's latest step."""
+    folder = make_run(tmp_path, "rbm")
+    with (folder / "metrics.csv").open("a") as handle:
+        handle.write("0,19,,3.40,150.0,2.50,0.05,0.41,,,,5,0.40,-2.0,0.50,0.0\n")
+    run = report.read_run(folder)
+    assert run["curves"]["val/fid"] == [(19, 150.0), (39, 105.0)]
+    assert run["lagging_steps"] == []
+    main(["report", str(folder), str(make_run(tmp_path, "gaussian")), "--out", str(tmp_path / "report")])
+    assert (tmp_path / "report" / "table.md").read_text() == TABLE
+
+
 def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
     """A kill mid-write leaves the last line without its end: its cut number (3.1 of 3.18) must not
     become the run's bits/dim; the row is left out and named, the rest reported."""
