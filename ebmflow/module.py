@@ -153,7 +153,8 @@ class EBMFlow(L.LightningModule):
         self.skipped_batches = 0
         self.wall_seconds = 0.0  # training time, carried across resumes
         self._averaged_checkpoint = False  # loaded from a checkpoint that PriorAveraging wrote
-        self._checkpoint_progress = (0, 0)  # the loaded checkpoint's (epoch, global step)
+        # (epoch, global step) of the checkpoint the weights were loaded from outside fit, else None
+        self._checkpoint_progress: tuple[int, int] | None = None
         self._test_bpd: list[Tensor] = []
 
     # ----------------------------------------------------------------------------------------- setup
@@ -169,20 +170,23 @@ class EBMFlow(L.LightningModule):
 
     @property
     def trained_steps(self) -> int:
-        """The optimiser steps behind the weights being evaluated: the trainer's global step in fit, the
-        loaded checkpoint's outside it (Lightning restores the step in fit only; 0 for fresh weights)."""
-        if self.trainer.state.fn == TrainerFn.FITTING:
+        """The optimiser steps behind the weights being evaluated: the trainer's global step, or outside
+        fit the loaded checkpoint's (Lightning restores the step in fit only)."""
+        if self._checkpoint_progress is None or self.trainer.state.fn == TrainerFn.FITTING:
             return self.trainer.global_step
         return self._checkpoint_progress[1]
 
     def _log_checkpoint_progress(self) -> None:
-        """Outside fit, put this evaluation's row where fit's validation of the same weights puts its
-        own: the checkpoint's epoch, and one step under its global step (Lightning logs a row at step s
-        during the (s + 1)-th step). Lightning would log it at epoch 0, step 0 (its ``step`` metric is the
-        logging step: LoggerConnector.log_metrics)."""
-        if self.trainer.state.fn != TrainerFn.FITTING:
+        """Evaluating a checkpoint outside fit, put the row where fit's validation of the same weights put
+        its own: the checkpoint's epoch, and one step under its global step (Lightning logs a row at step
+        s during the (s + 1)-th step), not at epoch 0, step 0 (a logged ``step`` is the logging step:
+        LoggerConnector.log_metrics)."""
+        if self._checkpoint_progress is not None and self.trainer.state.fn != TrainerFn.FITTING:
             epoch, steps = self._checkpoint_progress
             self.log_dict({"epoch": float(epoch), "step": float(max(steps - 1, 0))}, sync_dist=True)
+
+    def on_fit_end(self) -> None:
+        self._checkpoint_progress = None  # the weights are the fit's now, whatever it resumed from
 
     def on_fit_start(self) -> None:
         wrapped = self.trainer.strategy.model

@@ -102,6 +102,20 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, d
     assert not [p for p in folder.iterdir() if p.suffix != ".png"]  # no temporary file left
 
 
+def test_validate_after_fit_in_one_process_keeps_the_fits_step(tmp_path: Path) -> None:
+    """trainer.validate(model) after trainer.fit (no checkpoint loaded since) reads the weights the fit
+    left at its global step, even when the fit resumed from a checkpoint of an earlier step."""
+    run = trainer(tmp_path, max_steps=2, callbacks=[SampleGrids(num_samples=8, columns=4)])
+    run.fit(tiny_model(), DigitsDataModule(batch_size=64))
+    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    model = tiny_model()
+    run = trainer(tmp_path, max_steps=4, callbacks=[SampleGrids(num_samples=8, columns=4)])
+    run.fit(model, DigitsDataModule(batch_size=64), ckpt_path=ckpt)
+    run.validate(model, DigitsDataModule(batch_size=64))
+    names = sorted(p.name for p in (tmp_path / "samples").glob("samples_*.png"))
+    assert names == ["samples_step=000002.png", "samples_step=000004-2.png", "samples_step=000004.png"]
+
+
 def test_callbacks_skip_fast_dev_run_and_continuous_priors(tmp_path: Path) -> None:
     run = trainer(tmp_path, fast_dev_run=True, callbacks=[SampleGrids(), CodeNMI(), LogPartitionEstimate()])
     run.fit(tiny_model(), DigitsDataModule(batch_size=64))
