@@ -87,14 +87,16 @@ class RunLock:
             RunLock._held.pop(self.folder, None)
 
 
-PARTIAL_FILE_FOLDERS = (".", "checkpoints", "samples")  # where ebmflow writes inside a run directory
+# Where ebmflow writes inside a run directory (patterns): the run directory, its checkpoints and sample
+# grids, and checkpoints where Lightning puts them for a W&B logger (<project>/<run id>/checkpoints).
+PARTIAL_FILE_FOLDERS = (".", "checkpoints", "samples", "*/*/checkpoints")
 
 
 def remove_partial_files(folder: Path) -> None:
     """Delete temporary files that a killed process left where ebmflow writes in the run directory
     (only the lock's holder calls this, so no other process is writing them)."""
     for sub in PARTIAL_FILE_FOLDERS:
-        for path in (folder / sub).glob(f".*{TEMP_MARK}*"):
+        for path in folder.glob(f"{sub}/.*{TEMP_MARK}*"):
             path.unlink(missing_ok=True)
 
 

@@ -82,8 +82,10 @@ def test_a_run_directory_has_one_owner_and_a_killed_owner_frees_it(tmp_path: Pat
     lock.release()
 
 
-def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path: Path) -> None:
-    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+@pytest.mark.parametrize("folder", ["checkpoints", "ebmflow/1a2b3c4d/checkpoints"], ids=["csv", "wandb"])
+def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path: Path, folder: str) -> None:
+    """Checkpoints where the configs' CSV logger and a W&B logger put them (Lightning's layout)."""
+    target = tmp_path / "run" / folder / "last.ckpt"
     target.parent.mkdir(parents=True)
     torch.save({"step": 1}, target)
     code = (
