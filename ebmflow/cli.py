@@ -191,7 +191,7 @@ def _load_for_inference(model: EBMFlow, ckpt_path: str, device: torch.device) ->
 
 
 class LoggedConfig(SaveConfigCallback):
-    """Writes the command's config into the run directory and hands it to the run's logger (W&B shows
+    """Writes the command's config into the run directory and hands it to the run's loggers (W&B shows
     it beside the metrics). The first ``fit`` writes ``config.yaml``; every later command writes its own
     ``config.<command>.yaml`` (``-2``, ``-3``… when that exists), so the training config is never
     replaced."""
@@ -263,8 +263,9 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
         return super().instantiate_trainer(**kwargs)
 
     def _own_run_directory(self, ckpt_path: str | None) -> None:
-        """Lock the run directory (rank 0; the lock dies with the process), then check the checkpoint
-        against the model, before the command writes anything. A run directory whose CSV log exists
+        """Lock the run directory (rank 0; the lock dies with the process; the CSV log's too, if a first
+        logger of another kind logs elsewhere), then check the checkpoint against the model, before the
+        command writes anything. A run directory whose CSV log exists
         takes its own checkpoints only: another run's would add its numbers (or, resumed, its training)
         to this run's log, and `ebmflow report` would show them as this run's."""
         special = ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS
@@ -279,14 +280,22 @@ class EBMFlowCLI(IgnoreCheckpointHyperparameters):
                         "new one"
                     )
         if rank_zero_only.rank == 0:
-            self.run_lock = RunLock.acquire(self.trainer.log_dir)
+            # the log directory and every CSV log's, where a first logger of another kind puts them apart
+            folders = [self.trainer.log_dir, *(logger.save_dir for logger in csv_loggers(self.trainer))]
+            self.run_locks = []
+            try:
+                for folder in dict.fromkeys(os.path.realpath(folder) for folder in folders):
+                    self.run_locks.append(RunLock.acquire(folder))
+            except RunDirectoryBusy:
+                self._release_run_directory()
+                raise
         if not special:
             check_compatible(read_checkpoint(ckpt_path), self.model, ckpt_path)
 
     def _release_run_directory(self) -> None:
-        lock = getattr(self, "run_lock", None)
-        if lock is not None:
+        for lock in getattr(self, "run_locks", []):
             lock.release()
+        self.run_locks = []
 
     def before_fit(self) -> None:
         self._own_run_directory(self.config.fit.get("ckpt_path"))

@@ -185,10 +185,10 @@ class EBMFlow(L.LightningModule):
             epoch, steps = self._checkpoint_progress
             self.log_dict({"epoch": float(epoch), "step": float(max(steps - 1, 0))}, sync_dist=True)
 
-    def on_fit_end(self) -> None:
-        self._checkpoint_progress = None  # the weights are the fit's now, whatever it resumed from
-
     def on_fit_start(self) -> None:
+        # From here on the weights are the fit's, whatever checkpoint it resumed from (restored by now,
+        # except under strategies that restore after setup: on_fit_end clears it for those).
+        self._checkpoint_progress = None
         wrapped = self.trainer.strategy.model
         if isinstance(wrapped, DistributedDataParallel):
             # DDP would overwrite every rank's buffers with rank 0's before each forward pass, making
@@ -480,6 +480,9 @@ class EBMFlow(L.LightningModule):
         self._averaged_checkpoint = LIVE_PRIOR_KEY in checkpoint
         self._saved_prior_schedule = checkpoint.get("ebmflow_prior_lr_scheduler")
         self._checkpoint_progress = (checkpoint.get("epoch", 0), checkpoint.get("global_step", 0))
+
+    def on_fit_end(self) -> None:
+        self._checkpoint_progress = None
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch

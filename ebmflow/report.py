@@ -89,10 +89,10 @@ def _number(value: object) -> float | None:
 
 def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) -> dict:
     """One row of the table and the curves against the training step from a run's logged rows (dicts
-    holding "epoch", "step" and metric values), read in order of their step. Later rows win, so the
-    test split's numbers fill the bits/dim column when they are there; the other columns are the latest
-    step's validation (a checkpoint validated again later, with ``ebmflow validate``, replaces its own
-    step's reading, not the run's last).
+    holding "epoch", "step" and metric values). Training and validation rows are read in order of their
+    step, so the columns are the latest step's validation (a checkpoint validated again later, with
+    ``ebmflow validate``, replaces its own step's reading, not the run's last); then test rows in the
+    order they were logged, so the last ``ebmflow test`` fills the bits/dim column when there is one.
     "steps" counts the optimiser steps trained by the last training or validation row: Lightning logs
     a row at step s during the (s + 1)-th step (a validation after 3,000 steps at step 2,999).
     "lagging_steps" lists the logged steps whose samples ChainHealth flagged as continuing lagging
@@ -101,14 +101,17 @@ def summarise(name: str, rows: list[dict], prior: str, num_parameters: float) ->
     curves: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
     lagging_steps: set[int] = set()
     epochs = steps = 0
-    logged = []  # (step, epoch, row) of every row that has an epoch
+    progress, tests = [], []  # (step, epoch, row, tested) of every row that has an epoch
     for row in rows:
         epoch, step = _number(row.get("epoch")), _number(row.get("step"))
         if epoch is not None:
-            logged.append((int(step) if step is not None else int(epoch), int(epoch), row))
-    for step, epoch, row in sorted(logged, key=lambda entry: entry[0]):  # stable: in order within a step
+            tested = any(k.startswith("test/") and _number(v) is not None for k, v in row.items())
+            entry = (int(step) if step is not None else int(epoch), int(epoch), row, tested)
+            (tests if tested else progress).append(entry)
+    # training and validation by step (stable: within a step in the order logged), then the tests
+    for step, epoch, row, tested in [*sorted(progress, key=lambda entry: entry[0]), *tests]:
         epochs = max(epochs, epoch + 1)
-        if not any(k.startswith("test/") and _number(v) is not None for k, v in row.items()):
+        if not tested:
             steps = max(steps, step + 1)  # a test run logs at the step it was tested at
         for key, value in row.items():
             number = _number(value)

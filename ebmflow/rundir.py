@@ -94,10 +94,20 @@ PARTIAL_FILE_FOLDERS = (".", "checkpoints", "samples", "*/*/checkpoints")
 
 def remove_partial_files(folder: Path) -> None:
     """Delete temporary files that a killed process left where ebmflow writes in the run directory
-    (only the lock's holder calls this, so no other process is writing them)."""
+    (only the lock's holder calls this, so no other process is writing them), but none in another run
+    directory below it (one with a lock file of its own: a run may be saving there now)."""
     for sub in PARTIAL_FILE_FOLDERS:
         for path in folder.glob(f"{sub}/.*{TEMP_MARK}*"):
-            path.unlink(missing_ok=True)
+            if not _in_a_nested_run(path.parent, folder):
+                path.unlink(missing_ok=True)
+
+
+def _in_a_nested_run(directory: Path, folder: Path) -> bool:
+    while directory != folder:
+        if (directory / LOCK_NAME).exists():
+            return True
+        directory = directory.parent
+    return False
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:

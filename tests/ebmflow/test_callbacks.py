@@ -18,6 +18,7 @@ from ebmflow.callbacks import (
 )
 from ebmflow.data import DigitsDataModule
 from ebmflow.health import code_nmi
+from ebmflow.loggers import CSVLogger, read_rows
 from priors import BlockGibbs, GaussianPrior, RBMPrior
 from tests.ebmflow.helpers import tiny_model, trainer
 
@@ -57,9 +58,12 @@ def test_log_partition_callback_matches_exact_enumeration(tmp_path: Path) -> Non
     assert run.callback_metrics["ais/test_bpd"].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
-def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, device: torch.device) -> None:
+def test_measurements_are_written_and_leave_training_untouched(
+    tmp_path: Path, device: torch.device, caplog: pytest.LogCaptureFixture
+) -> None:
     """Built after seeding (as the CLI does) and run at every validation, two an epoch, the callbacks
-    change no parameter; every validation keeps its grids, a later validate included."""
+    change no parameter; every validation keeps its grids, a later validate included, whose warnings
+    name its checkpoint's step."""
 
     def fit(measure: bool, root: Path):
         L.seed_everything(0)
@@ -88,10 +92,11 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, d
         assert torch.equal(a, b)
     # A fresh validate from the step-8 checkpoint (as `ebmflow validate`): its step, a name of its own.
     (ckpt,) = (tmp_path / "a" / "checkpoints").glob("*.ckpt")
-    again = trainer(
-        tmp_path / "a", accelerator=device.type, callbacks=[SampleGrids(num_samples=16, columns=8)]
-    )
+    callbacks = [SampleGrids(num_samples=16, columns=8), SampleQuality("digits", num_samples=50)]
+    again = trainer(tmp_path / "a", accelerator=device.type, callbacks=callbacks)
+    caplog.clear()
     again.validate(tiny_model(), DigitsDataModule(batch_size=64), ckpt_path=ckpt)
+    assert "at step 8: the model has collapsed" in caplog.text
     folder = tmp_path / "a" / "samples"
     names = sorted(p.name for p in folder.glob("*.png"))
     steps = ["000002", "000004", "000006", "000008", "000008-2"]
@@ -104,16 +109,20 @@ def test_measurements_are_written_and_leave_training_untouched(tmp_path: Path, d
 
 def test_validate_after_fit_in_one_process_keeps_the_fits_step(tmp_path: Path) -> None:
     """trainer.validate(model) after trainer.fit (no checkpoint loaded since) reads the weights the fit
-    left at its global step, even when the fit resumed from a checkpoint of an earlier step."""
+    left at its global step, even when the fit resumed from a checkpoint of an earlier step; its row is
+    Lightning's own, at the steps trained, not at the checkpoint's."""
     run = trainer(tmp_path, max_steps=2, callbacks=[SampleGrids(num_samples=8, columns=4)])
     run.fit(tiny_model(), DigitsDataModule(batch_size=64))
     (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
     model = tiny_model()
-    run = trainer(tmp_path, max_steps=4, callbacks=[SampleGrids(num_samples=8, columns=4)])
+    callbacks = [SampleGrids(num_samples=8, columns=4)]
+    run = trainer(tmp_path, max_steps=4, callbacks=callbacks, logger=CSVLogger(str(tmp_path)))
     run.fit(model, DigitsDataModule(batch_size=64), ckpt_path=ckpt)
     run.validate(model, DigitsDataModule(batch_size=64))
     names = sorted(p.name for p in (tmp_path / "samples").glob("samples_*.png"))
     assert names == ["samples_step=000002.png", "samples_step=000004-2.png", "samples_step=000004.png"]
+    rows = [row for row in read_rows(tmp_path / "metrics.csv") if row["val/bpd_uniform"]]
+    assert [(float(row["epoch"]), float(row["step"])) for row in rows] == [(0, 3), (1, 4)]
 
 
 def test_callbacks_skip_fast_dev_run_and_continuous_priors(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from ebmflow.cli import make_cli
 from ebmflow.command import main
+from ebmflow.loggers import CSVLogger, WandbLogger
 from ebmflow.report import read_run
 from tests.ebmflow.helpers import TINY
 
@@ -118,6 +119,21 @@ def test_run_directory_guards_see_a_csv_log_behind_another_logger(
     assert (run_dir / "metrics.csv").read_text() == log
 
 
+def test_one_flag_adds_the_csv_log_to_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/usage.md's `--trainer.logger+=ebmflow.loggers.CSVLogger` after conf/wandb.yaml: both loggers,
+    both in the run directory."""
+    for key in [key for key in os.environ if key.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (config := tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    root = tmp_path / "run"
+    configs = ["--config", str(config), "--config", str(ROOT / "conf" / "wandb.yaml")]
+    flags = ["--trainer.logger+=ebmflow.loggers.CSVLogger", "--trainer.default_root_dir", str(root)]
+    cli = make_cli([*configs, *flags], run=False)
+    assert [type(logger) for logger in cli.trainer.loggers] == [WandbLogger, CSVLogger]
+    assert [logger.save_dir for logger in cli.trainer.loggers] == [str(root), str(root)]
+
+
 WANDB_AFTER_CSV = {  # conf/wandb.yaml's logger behind a CSV log
     "trainer": {
         "logger": [
@@ -187,6 +203,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path: Path, csv_first: bool) -> No
         b"val/bpd_uniform",
         b"priors.RBMPrior",
         b"cifar10-ablation",  # conf/wandb.yaml's group
+        b"num_parameters",
     ):
         assert expected in data, expected
     # The sample grids went to W&B as images, not to PNG files in the run directory.

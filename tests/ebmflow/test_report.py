@@ -133,6 +133,16 @@ def test_a_checkpoint_validated_again_replaces_its_own_step_only(tmp_path: Path)
     assert (tmp_path / "report" / "table.md").read_text() == TABLE
 
 
+def test_the_last_test_run_fills_bits_per_dim_whatever_its_checkpoints_step(tmp_path: Path) -> None:
+    """Test rows carry their checkpoint's step: `ebmflow test` of the step-40 checkpoint, then of the
+    step-20 one, reports the one run last."""
+    folder = make_run(tmp_path, "rbm")
+    with (folder / "metrics.csv").open("a") as handle:
+        handle.write("0,19,,,,,,,,3.30,0.02,,,,,\n")
+    row = report.read_run(folder)["row"]
+    assert (row["bits/dim"], row["bits/dim error"], row["steps"]) == (3.30, 0.02, 40)
+
+
 def test_a_row_cut_short_is_left_out_and_named(tmp_path: Path, capsys) -> None:
     """A kill mid-write leaves the last line without its end: its cut number (3.1 of 3.18) must not
     become the run's bits/dim; the row is left out and named, the rest reported."""

@@ -82,6 +82,26 @@ def test_a_run_directory_has_one_owner_and_a_killed_owner_frees_it(tmp_path: Pat
     lock.release()
 
 
+def test_a_csv_log_behind_a_logger_that_logs_elsewhere_is_locked_too(tmp_path: Path, capsys) -> None:
+    """The lock follows the first logger's directory; a CSV log elsewhere (behind Lightning's own CSV
+    logger, which logs in <save_dir>/<name>/version_N) is locked as well."""
+    config = logged_config(tmp_path)
+    run = tmp_path / "run"
+    settings = yaml.safe_load(config.read_text())
+    first = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
+    settings["trainer"]["logger"] = [first, settings["trainer"]["logger"]]
+    config.write_text(yaml.safe_dump(settings))
+    child = hold_lock_in_child(run)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["fit", "--config", str(config)])
+        assert stopped.value.code == 2 and f"pid {child.pid}" in capsys.readouterr().err
+        assert not (run / "metrics.csv").exists()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
 @pytest.mark.parametrize("folder", ["checkpoints", "ebmflow/1a2b3c4d/checkpoints"], ids=["csv", "wandb"])
 def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path: Path, folder: str) -> None:
     """Checkpoints where the configs' CSV logger and a W&B logger put them (Lightning's layout)."""
@@ -103,6 +123,18 @@ def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path: Path, fol
     (partial,) = target.parent.glob(f".*{TEMP_MARK}*")  # the killed writer's temporary file, beside it
     RunLock.acquire(tmp_path / "run").release()  # the next owner removes it
     assert not partial.exists()
+
+
+def test_a_parent_of_runs_leaves_their_temporary_files_alone(tmp_path: Path) -> None:
+    """A run directory given as the parent of others (runs/, holding runs/cifar10/rbm) must not delete
+    a nested run's temporary file, which may be a save in progress, though it matches W&B's layout."""
+    nested = tmp_path / "runs" / "cifar10" / "rbm"
+    (nested / "checkpoints").mkdir(parents=True)
+    RunLock.acquire(nested).release()  # a run ran there: its lock file stays
+    saving = nested / "checkpoints" / f".last.ckpt{TEMP_MARK}abc"
+    saving.write_bytes(b"x")
+    RunLock.acquire(tmp_path / "runs").release()
+    assert saving.exists()
 
 
 def test_the_command_saves_checkpoints_atomically(tmp_path: Path) -> None:
