@@ -112,9 +112,13 @@ class PriorAveraging(L.Callback):
     @torch.no_grad()
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """Resuming a fit: the module has loaded the average from ``state_dict``; train on from the live
-        parameters saved beside it."""
+        parameters saved beside it. Outside fit the loaded prior is evaluated as it is (the average, when
+        one was saved), not an average an earlier fit in this process left."""
         live = checkpoint.get(LIVE_PRIOR_KEY)
-        if live is None or trainer.state.fn != TrainerFn.FITTING:  # testing evaluates the average
+        if trainer.state.fn != TrainerFn.FITTING:
+            self.average = None
+            return
+        if live is None:
             return
         parameters = dict(pl_module.prior.named_parameters())
         self.average = {name: p.detach().clone() for name, p in parameters.items()}

@@ -23,14 +23,18 @@ def prior_state(module: L.LightningModule) -> dict[str, torch.Tensor]:
 def test_validation_and_test_see_the_average_and_training_the_live_prior(tmp_path: Path) -> None:
     """The average is the recursion a ← d·a + (1−d)·θ over every step's parameters, from those training
     starts with; validation sees it, training goes on from the live parameters, and a checkpoint's
-    state_dict (what `ebmflow test` loads) holds the average."""
-    live, seen = [], {}
+    state_dict (what `ebmflow test` loads) holds the average, which a later validate of that checkpoint
+    sees, also in the fit's own process (not the fit's last average)."""
+    live, seen, validated = [], {}, []
+
+    def on_validation_epoch_end(trainer: L.Trainer, module: L.LightningModule) -> None:
+        seen.setdefault(trainer.global_step, prior_state(module))
+        validated.append(prior_state(module))
+
     record = LambdaCallback(
         on_train_start=lambda trainer, module: live.append(prior_state(module)),
         on_train_batch_end=lambda trainer, module, *args: live.append(prior_state(module)),
-        on_validation_epoch_end=lambda trainer, module: seen.setdefault(
-            trainer.global_step, prior_state(module)
-        ),
+        on_validation_epoch_end=on_validation_epoch_end,
         on_test_start=lambda trainer, module: seen.setdefault("test", prior_state(module)),
     )
     L.seed_everything(0)
@@ -58,6 +62,9 @@ def test_validation_and_test_see_the_average_and_training_the_live_prior(tmp_pat
     for name in live[3]:
         torch.testing.assert_close(checkpoint["state_dict"][f"prior.{name}"], averages[3][name])
         assert torch.equal(checkpoint[LIVE_PRIOR_KEY][name], live[3][name])
+    run.validate(model, DigitsDataModule(batch_size=64), ckpt_path=tmp_path / "ck" / "step=3.ckpt")
+    for name, value in validated[-1].items():
+        torch.testing.assert_close(value, averages[3][name])
 
     tested = tiny_model()
     trainer(tmp_path / "t", callbacks=[PriorAveraging(DECAY), record]).test(
