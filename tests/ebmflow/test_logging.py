@@ -66,9 +66,9 @@ def test_csv_log_continues_through_test(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_validate_and_test_log_at_their_checkpoints_step(tmp_path: Path) -> None:
-    """`ebmflow validate` and `test` of a checkpoint put their rows (and warnings) at its step, where fit's
-    validation of the same weights put its row, not at step 0, epoch 0 (Lightning restores the step in
-    fit only); the report counts the validated run's steps from them."""
+    """`ebmflow validate` and `test` of a checkpoint put their rows at its step, where fit's validation of
+    the same weights put its row, not at step 0, epoch 0 (Lightning restores the step in fit only); the
+    report counts the validated run's steps from them. (Their warnings: test_callbacks.)"""
     logger = {"class_path": "ebmflow.loggers.CSVLogger"}
     config = tmp_path / "csv.yaml"
     config.write_text(yaml.safe_dump({**TINY, "trainer": {**TINY["trainer"], "logger": logger}}))
