@@ -9,6 +9,7 @@ from torch import Tensor
 
 from priors.ais import ais_log_partition, exact_log_partition
 from priors.base import PartitionMethod
+from priors.centering import centered_gradient
 from priors.precision import CouplingMatrix, SmoothedPrecision, visible_units
 from priors.samplers import RBM, BlockGibbs, Sampler
 from priors.smoothed import SmoothedSpinPrior
@@ -46,6 +47,9 @@ class RBMPrior(SmoothedSpinPrior):
         max_ratio: the largest allowed σ_max(W) / Δ.
         exact_max_units: enumerate Z_s exactly up to this many units in the smaller layer.
         ais_steps, ais_chains: the default AIS schedule (linear in β) of ``estimate_log_partition``.
+        centering: learn by the centered gradient (``priors.centering``, docs/maths.md §4) with offsets
+            that follow the codes' mean spins, a moving average at this rate per training call (the
+            first call sets them); None (the default): the plain gradient.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class RBMPrior(SmoothedSpinPrior):
         exact_max_units: int = 20,
         ais_steps: int = 1000,
         ais_chains: int = 100,
+        centering: float | None = None,
     ) -> None:
         super().__init__(dim)
         n_visible = visible_units(dim, n_visible)
@@ -88,6 +93,21 @@ class RBMPrior(SmoothedSpinPrior):
         # With W = 0 and h = 0, Z_s = 2^N exactly: the first estimate before any training.
         self.register_buffer("log_z_estimate", torch.tensor(dim * math.log(2)))
         self.register_buffer("log_z_stderr", torch.tensor(0.0))
+        self.set_centering(centering)
+        self.register_load_state_dict_pre_hook(_offsets_as_configured)
+
+    def set_centering(self, rate: float | None) -> None:
+        """Learn by the centered gradient from now on, with offsets set by the next training call and then
+        following the codes' mean spins at ``rate``; None: the plain gradient. The offsets are a buffer
+        (``offsets``) and so are saved in checkpoints; they change how the prior learns, never the model."""
+        if rate is not None and not 0 < rate <= 1:
+            raise ValueError(f"centering is the offsets' moving-average rate, in (0, 1], got {rate!r}")
+        self.centering = rate
+        if rate is None and "offsets" in dict(self.named_buffers(recurse=False)):
+            del self.offsets
+        elif rate is not None:
+            nan = torch.full_like(self.bias, math.nan, requires_grad=False)
+            self.register_buffer("offsets", nan)
 
     @property
     def log_partition_is_exact(self) -> bool:
@@ -129,12 +149,30 @@ class RBMPrior(SmoothedSpinPrior):
         if s_v is None:
             with torch.no_grad():
                 s_v = self.sampler.negative_phase(self.spin_model(precision)).clone()
-        bias_v, bias_h = self._biases()
+        bias = self.bias
+        if self.centering is not None:
+            if advance:
+                self._follow_codes(z, precision)
+            weight, bias = centered_gradient(precision.weight, bias, self.offsets)
+            # the same J̃ again, factorised from the W whose gradient is centered
+            precision = SmoothedPrecision.factor(precision.delta, weight)
+        bias_v, bias_h = bias[: self.n_visible], bias[self.n_visible :]
         s_v = s_v.to(z.dtype)
         model_term = (s_v @ bias_v + log_2cosh(s_v @ precision.weight + bias_h).sum(1)).mean()
         # log Z_s's value is the latest estimate, its gradient the chains' E[∂ log p̃] (docs/maths.md §4).
         log_partition_spins = model_term + (self.log_z_estimate - model_term).detach()
-        return self.energy(z, precision).mean() + self.log_partition(precision, log_partition_spins)
+        return self.energy(z, precision, bias).mean() + self.log_partition(precision, log_partition_spins)
+
+    @torch.no_grad()
+    def _follow_codes(self, z: Tensor, precision: SmoothedPrecision) -> None:
+        """Move the offsets towards the batch's mean spins E[s | z] = tanh(J̃z + h) (the first call sets
+        them), averaged over every rank so that all ranks take the same update."""
+        means = torch.tanh(precision.matvec(z) + self.bias).mean(0).to(self.offsets.dtype)
+        if torch.distributed.is_initialized() and (world := torch.distributed.get_world_size()) > 1:
+            torch.distributed.all_reduce(means)
+            means /= world
+        first = self.offsets.isnan()
+        self.offsets.copy_(torch.where(first, means, self.offsets.lerp(means, self.centering)))
 
     def sample_visible(self, n: int) -> Tensor:
         """n visible states from the generation sampler: (n, n_v)."""
@@ -165,3 +203,14 @@ class RBMPrior(SmoothedSpinPrior):
             value, stderr = ais_log_partition(weight, *self._biases(), betas, chains or self.ais_chains)
         self.set_log_partition(value, stderr)
         return value, stderr
+
+
+def _offsets_as_configured(prior: RBMPrior, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the offsets steer learning only, so a checkpoint loads whether or not it
+    was centered. Without centering its offsets are ignored; with centering, a checkpoint that has none
+    keeps this prior's (unset until the next training call)."""
+    key = f"{prefix}offsets"
+    if prior.centering is None:
+        state_dict.pop(key, None)
+    elif key not in state_dict:
+        state_dict[key] = prior.offsets.clone()

@@ -43,10 +43,10 @@ class SmoothedSpinPrior(DiscretePrior):
         """log Z_s of the spin model whose couplings ``precision`` holds: exact (and differentiable)
         or the latest estimate."""
 
-    def energy(self, z: Tensor, precision: SmoothedPrecision) -> Tensor:
-        """z: (batch, N) -> E(z): (batch,)."""
+    def energy(self, z: Tensor, precision: SmoothedPrecision, bias: Tensor | None = None) -> Tensor:
+        """z: (batch, N) -> E(z): (batch,), with the field h = ``bias`` (default: the prior's own)."""
         jz = precision.matvec(z)
-        return 0.5 * (z * jz).sum(1) - log_2cosh(jz + self.bias).sum(1)
+        return 0.5 * (z * jz).sum(1) - log_2cosh(jz + (self.bias if bias is None else bias)).sum(1)
 
     def log_partition(
         self, precision: SmoothedPrecision, log_partition_spins: Tensor | None = None

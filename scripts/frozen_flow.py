@@ -2,7 +2,7 @@
 
     python -m scripts.frozen_flow RUN_DIR [--steps 1500] [--every 250] [--average 0.99 0.999]
         [--control-seeds 6] [--feature fashion_mnist] [--samples 2000] [--out FILE.jsonl]
-        [--train-tempering REPLICAS SWEEPS] [--equilibrium REPLICAS SWEEPS]
+        [--train-tempering REPLICAS SWEEPS] [--equilibrium REPLICAS SWEEPS] [--centering RATE]
 
 From RUN_DIR's checkpoints/last.ckpt the prior alone trains on as in the run: its optimiser from the
 run's config (fresh momentum; no schedule), its sampler and persistent chains, its loss in bits/dim,
@@ -23,7 +23,9 @@ geometric ladder from β 1 to 0.1, SWEEPS sweeps a step, burnt in for ``BURN_IN`
 first, from its own seed, so the training random stream starts where a plain run's does): a prior learning
 against its equilibrium rather than against short runs. Validation's samples stay the run's generation
 sampler's. (Round 12's rows were drawn before the burn-in had its own seed: rerun, they differ by
-sampling noise.)
+sampling noise.) ``--centering RATE`` trains by the centered gradient (``RBMPrior.set_centering``: offsets
+set by the first step's codes, then following them at RATE) where the run learned by the plain one, or
+at RATE where it was centered already (its offsets start afresh).
 Nothing in RUN_DIR is written; ``--out`` (a new file) keeps the rows as JSON lines.
 """
 
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ):
         parser.add_argument(option, type=int, nargs=2, metavar=("REPLICAS", "SWEEPS"), help=purpose)
+    parser.add_argument("--centering", type=float, metavar="RATE", help="train by the centered gradient")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists: give --out a new file (this script never overwrites one)")
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.out.parent} does not exist: make it, or give --out a file in a folder that does")
     if args.steps < 0 or args.every < 1 or args.control_seeds < 0:
         parser.error("--steps must be >= 0, --every >= 1 and --control-seeds >= 0")
+    if args.centering is not None and not 0 < args.centering <= 1:
+        parser.error(f"--centering takes a rate in (0, 1], got {args.centering}")
     if not all(0 < decay < 1 for decay in args.average):
         parser.error(f"--average takes decays in (0, 1), got {args.average}")
     for option in ("train_tempering", "equilibrium"):
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(1, args.control_seeds + 1):
         evaluate(0, "live", seed)
     data.setup("fit")
+    if args.centering is not None:
+        prior.set_centering(args.centering)
     torch.manual_seed(args.seed)
     if args.train_tempering is not None:
         with fixed_noise(args.seed + 1):  # the training stream starts where a plain run's does

@@ -178,3 +178,35 @@ def test_training_on_a_ladder_whose_step_offers_no_swap_says_so(
     said = [line for line in capsys.readouterr().out.splitlines() if "training ladder's" in line]
     assert [line.split(" (")[-1] for line in said] == [f"{n} of 1 pairs offered swaps)" for n in (1, 0, 1)]
     assert said[1] == "step 2: training ladder's smallest swap acceptance nan (0 of 1 pairs offered swaps)"
+
+
+def test_centering_trains_by_the_centered_gradient_and_leaves_step_0_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--centering: the prior trains with offsets set by its first step's codes, where the run had none;
+    the step-0 rows are those of a plain run (the model is the same), the later rows are not."""
+    run = fit_run(tmp_path, TINY["model"]["prior"])
+    offsets = []
+
+    def recording(model, *args, **kwargs) -> None:
+        train_prior(model, *args, **kwargs)
+        offsets.append(dict(model.prior.named_buffers()).get("offsets"))
+
+    monkeypatch.setattr("scripts.frozen_flow.train_prior", recording)
+    rows = {}
+    for name, extra in (("plain", []), ("centered", ["--centering", "0.5"])):
+        out = tmp_path / f"{name}.jsonl"
+        options = ["--steps", "2", "--every", "2", "--control-seeds", "0", "--feature", "digits"]
+        main([str(run), *options, "--samples", "20", "--out", str(out), *extra])
+        rows[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert offsets[0] is None and torch.isfinite(offsets[1]).all() and offsets[1].abs().sum() > 0
+    assert [r["step"] for r in rows["centered"]] == [0, 2]
+    assert rows["centered"][0] == rows["plain"][0]
+    assert rows["centered"][1] != rows["plain"][1]
+
+
+def test_a_centering_rate_out_of_range_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit:  # before the run is read
+        main([str(tmp_path), "--centering", "0"])
+    assert exit.value.code == 2
+    assert "--centering takes a rate in (0, 1], got 0.0" in capsys.readouterr().err

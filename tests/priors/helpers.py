@@ -26,6 +26,7 @@ PRIORS: dict[str, Callable[[int], Prior]] = {
         dim, delta=2.5, sampler=ParallelTempering(10, 16, replicas=4, min_beta=0.2, adaptive=True)
     ),
     "rbm-learned-delta": lambda dim: RBMPrior(dim, delta=1.5, sampler=BlockGibbs(50, 16), learn_delta=True),
+    "rbm-centered": lambda dim: RBMPrior(dim, delta=2.5, sampler=BlockGibbs(50, 16), centering=0.1),
 }
 
 
