@@ -17,15 +17,16 @@ class PriorAveraging(L.Callback):
     for sampling), and the model evaluated with it.
 
     During ``fit`` the average follows every training batch, a ← decay · a + (1 − decay) · θ, starting
-    from the parameters training starts with. Each validation runs with the average in place of the
-    live parameters (bits/dim, samples, FID, the health diagnostics, log Z), which are put back before
-    training goes on. Checkpoints hold the average in their ``state_dict``, so ``ebmflow test``,
-    ``sample``, ``predict`` and anything else that loads a checkpoint evaluates the averaged prior; the
-    live parameters travel beside it (``ebmflow_live_prior``), and a fit resumed with this callback
-    trains on from them (weights-only checkpoints, for which Lightning calls no callback, are refused at
-    the start). The flow and every buffer (the PCD chains among them) are not averaged. The
-    log Z estimate a validation leaves is the average's, so ``train/objective`` (whose log Z is only a
-    label: its gradient comes from the chains) shifts by the difference until the next one.
+    from the parameters training starts with. Each validation (and a test or predict run in the fit's
+    process) runs with the average in place of the live parameters (bits/dim, samples, FID, the health
+    diagnostics, log Z), which are put back before training goes on. Checkpoints hold the average in
+    their ``state_dict``, so ``ebmflow test``, ``sample``, ``predict`` and anything else that loads a
+    checkpoint evaluates the averaged prior; the live parameters travel beside it
+    (``ebmflow_live_prior``), and a fit resumed with this callback trains on from them (weights-only
+    checkpoints, for which Lightning calls no callback, are refused at the start). The flow and every
+    buffer (the PCD chains among them) are not averaged. The log Z estimate a validation leaves is the
+    average's, so ``train/objective`` (whose log Z is only a label: its gradient comes from the chains)
+    shifts by the difference until the next one.
 
     Why (docs/results.md, rounds 9 and 10): with the flow frozen, an RBM trained on by PCD at round 4b's
     rate kept moving its samples' class mix between evaluations at two of three seeds (FID 2.3–2.5x
@@ -93,12 +94,17 @@ class PriorAveraging(L.Callback):
         self.update(pl_module.prior)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.average is not None:  # not fitting: the checkpoint's prior is the average already
+        # None when a checkpoint was loaded outside fit: its prior is the average already
+        if self.average is not None:
             self.apply(pl_module.prior)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._live is not None:
             self.restore(pl_module.prior)
+
+    # A test or predict run in the fit's own process, without a checkpoint, sees the average too.
+    on_test_start = on_predict_start = on_validation_start
+    on_test_end = on_predict_end = on_validation_end
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.average is None:

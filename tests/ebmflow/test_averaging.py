@@ -74,6 +74,29 @@ def test_validation_and_test_see_the_average_and_training_the_live_prior(tmp_pat
         torch.testing.assert_close(value, averages[6][name])
 
 
+def test_a_test_or_predict_after_the_fit_in_its_process_sees_the_average(tmp_path: Path) -> None:
+    """Without a checkpoint, trainer.test and trainer.predict after trainer.fit evaluate the fit's last
+    average, as its last validation did, and the live prior is back in place afterwards."""
+    seen = {}
+    record = LambdaCallback(
+        on_validation_epoch_end=lambda trainer, module: seen.setdefault("validate", prior_state(module)),
+        on_test_start=lambda trainer, module: seen.setdefault("test", prior_state(module)),
+        on_predict_start=lambda trainer, module: seen.setdefault("predict", prior_state(module)),
+    )
+    L.seed_everything(0)
+    model, data = tiny_model(), DigitsDataModule(batch_size=64)
+    run = trainer(tmp_path, max_steps=3, val_check_interval=3, callbacks=[PriorAveraging(DECAY), record])
+    run.fit(model, data)
+    live = prior_state(model)
+    run.test(model, data)
+    run.predict(model, data)
+    for name, value in live.items():
+        assert not torch.allclose(seen["validate"][name], value)  # the average, not the live prior
+        assert torch.equal(seen["test"][name], seen["validate"][name])
+        assert torch.equal(seen["predict"][name], seen["validate"][name])
+        assert torch.equal(model.prior.state_dict()[name], value)
+
+
 @pytest.mark.parametrize("name", ["epoch=0-step=10.ckpt", "step=15.ckpt"])
 def test_resume_continues_the_live_prior_and_its_average_exactly(tmp_path: Path, name: str) -> None:
     """Resumed from a checkpoint written after a validation (step 10) or mid-epoch (step 15), a run
