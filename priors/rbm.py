@@ -153,7 +153,8 @@ class RBMPrior(SmoothedSpinPrior):
         if self.centering is not None:
             if advance:
                 self._follow_codes(z, precision)
-            weight, bias = centered_gradient(precision.weight, bias, self.offsets)
+            # unset offsets (a loss outside training before any training call) centre nothing
+            weight, bias = centered_gradient(precision.weight, bias, self.offsets.nan_to_num(0.0))
             # the same J̃ again, factorised from the W whose gradient is centered
             precision = SmoothedPrecision.factor(precision.delta, weight)
         bias_v, bias_h = bias[: self.n_visible], bias[self.n_visible :]
@@ -208,7 +209,7 @@ class RBMPrior(SmoothedSpinPrior):
 def _offsets_as_configured(prior: RBMPrior, state_dict: dict, prefix: str, *args) -> None:
     """load_state_dict pre-hook: the offsets steer learning only, so a checkpoint loads whether or not it
     was centered. Without centering its offsets are ignored; with centering, a checkpoint that has none
-    keeps this prior's (unset until the next training call)."""
+    leaves this prior's as they are (a new prior's are unset until its first training call)."""
     key = f"{prefix}offsets"
     if prior.centering is None:
         state_dict.pop(key, None)

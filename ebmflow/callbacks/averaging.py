@@ -94,8 +94,10 @@ class PriorAveraging(L.Callback):
         self.update(pl_module.prior)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # None when a checkpoint was loaded outside fit: its prior is the average already
-        if self.average is not None:
+        # Outside fit, a run given a checkpoint evaluates what it holds (a weights-only one calls no
+        # on_load_checkpoint to clear the average); a run without one evaluates the fit's average.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if self.average is not None and (fitting or trainer.ckpt_path is None):
             self.apply(pl_module.prior)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

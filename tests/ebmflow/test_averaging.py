@@ -76,12 +76,13 @@ def test_validation_and_test_see_the_average_and_training_the_live_prior(tmp_pat
 
 def test_a_test_or_predict_after_the_fit_in_its_process_sees_the_average(tmp_path: Path) -> None:
     """Without a checkpoint, trainer.test and trainer.predict after trainer.fit evaluate the fit's last
-    average, as its last validation did, and the live prior is back in place afterwards."""
-    seen = {}
+    average, as its last validation did, and the live prior is back in place afterwards. Given a
+    weights-only checkpoint (for which Lightning calls no callback) the test evaluates what it holds."""
+    seen = {"validate": [], "test": [], "predict": []}
     record = LambdaCallback(
-        on_validation_epoch_end=lambda trainer, module: seen.setdefault("validate", prior_state(module)),
-        on_test_start=lambda trainer, module: seen.setdefault("test", prior_state(module)),
-        on_predict_start=lambda trainer, module: seen.setdefault("predict", prior_state(module)),
+        on_validation_epoch_end=lambda trainer, module: seen["validate"].append(prior_state(module)),
+        on_test_start=lambda trainer, module: seen["test"].append(prior_state(module)),
+        on_predict_start=lambda trainer, module: seen["predict"].append(prior_state(module)),
     )
     L.seed_everything(0)
     model, data = tiny_model(), DigitsDataModule(batch_size=64)
@@ -90,10 +91,14 @@ def test_a_test_or_predict_after_the_fit_in_its_process_sees_the_average(tmp_pat
     live = prior_state(model)
     run.test(model, data)
     run.predict(model, data)
+    run.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)  # the live prior
+    run.test(model, data, ckpt_path=tmp_path / "weights.ckpt", weights_only=False)
+    (average,) = seen["validate"]
     for name, value in live.items():
-        assert not torch.allclose(seen["validate"][name], value)  # the average, not the live prior
-        assert torch.equal(seen["test"][name], seen["validate"][name])
-        assert torch.equal(seen["predict"][name], seen["validate"][name])
+        assert not torch.allclose(average[name], value)  # the average, not the live prior
+        assert torch.equal(seen["test"][0][name], average[name])
+        assert torch.equal(seen["predict"][0][name], average[name])
+        assert torch.equal(seen["test"][1][name], value)
         assert torch.equal(model.prior.state_dict()[name], value)
 
 

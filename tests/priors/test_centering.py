@@ -91,6 +91,17 @@ def test_centering_changes_the_prior_update_only() -> None:
     assert (c_grad_h - grad_h).abs().max() > 1e-3
 
 
+def test_before_any_training_call_the_offsets_centre_nothing() -> None:
+    """A loss differentiated outside training before the offsets were ever set: the plain gradient."""
+    z = torch.randn(8, 8, dtype=torch.float64)
+    plain, centered = rbm(None).eval(), rbm(0.1).eval()
+    _, *plain_grads = gradients(plain, z)
+    _, *centered_grads = gradients(centered, z)
+    for a, b in zip(plain_grads, centered_grads, strict=True):
+        assert torch.isfinite(b).all() and torch.allclose(a, b)
+    assert torch.isnan(centered.offsets).all()
+
+
 def test_offsets_follow_the_codes_in_training_only() -> None:
     prior = rbm(0.25)
     first, second = torch.randn(16, 8, dtype=torch.float64), torch.randn(16, 8, dtype=torch.float64) - 1
@@ -112,6 +123,9 @@ def test_centering_can_be_set_on_and_off() -> None:
     prior.set_centering(0.5)
     assert prior.centering == 0.5 and prior.offsets.dtype == torch.float64
     assert torch.isnan(prior.state_dict()["offsets"]).all()
+    prior.train().loss(torch.randn(4, 8, dtype=torch.float64))
+    prior.set_centering(0.25)  # set again: the offsets start afresh at the next training call
+    assert prior.centering == 0.25 and torch.isnan(prior.offsets).all()
     prior.set_centering(None)
     assert prior.centering is None and "offsets" not in prior.state_dict()
     for rate in (0.0, 1.5, -0.1):
