@@ -62,6 +62,14 @@ def test_rbm_configs_train_the_prior_by_sgd_with_many_chains() -> None:
         assert model.prior.sampler.num_chains == 100 and model.prior.sampler.steps == 50
 
 
+def test_centering_is_one_flag_on_the_rbm_configs_and_off_by_default() -> None:
+    paths = (*paper("fashion_mnist", "rbm"), CONF / "fashion_mnist" / "cpu_small.yaml")
+    assert build(*paths).model.prior.centering is None
+    args = [arg for path in paths for arg in ("--config", str(path))]
+    prior = make_cli([*args, "--model.prior.init_args.centering", "0.01"], run=False).model.prior
+    assert prior.centering == 0.01 and torch.isnan(prior.offsets).all()
+
+
 def test_cpu_variant_composes_after_each_prior() -> None:
     for name in PRIORS:
         cli = build(*paper("fashion_mnist", name), CONF / "fashion_mnist" / "cpu_small.yaml")
