@@ -10,11 +10,11 @@ A gradient step in the centered parameters (W, b_v, b_h), mapped back to (W, h_v
 
     G'_W = G_W − μ_v G_hᵀ − G_v μ_hᵀ,   G'_v = G_v − G'_W μ_h,   G'_h = G_h − G'_Wᵀ μ_v
 
-where G is the plain gradient. The model is the same whatever the offsets; only the update changes. With W = V
-below the spectral cap (priors/precision.py) this is exact; at the cap the weight's step is the cap's
-Jacobian applied to G'_W. It is
-better conditioned when the units' means are far from zero, and with μ at the data's means the weight's
-update no longer carries the means' product, which the biases learn on their own.
+where G is the plain gradient. The model is the same whatever the offsets; only the update changes.
+With W = V below the spectral cap (priors/precision.py) this is exact; at the cap the weight's step is
+the cap's Jacobian applied to G'_W. It is better conditioned when the units' means are far from zero,
+and with μ at the data's means the weight's update no longer carries the means' product, which the
+biases learn on their own.
 """
 
 from __future__ import annotations
