@@ -17,9 +17,11 @@ every test image, with uniform dequantization noise drawn from ``--seed`` (the s
 total = (flow + Gaussian) − gain, so between two runs a difference in total splits into the flows' share
 and the priors'. Each later RUN_DIR is also printed as its difference from the first, paired by image.
 A discrete prior's log Z_s is estimated afresh (``estimate_log_partition("auto")``: exact where it can
-enumerate, else AIS with ``--ais-steps`` x ``--ais-chains``) and printed with its standard error. The
-Gaussian's estimate is biased low by about d(d+1)/(2n) nats for d dimensions and n train images, the
-same for every run on one data set. Nothing in RUN_DIR is written.
+enumerate, else AIS with ``--ais-steps`` x ``--ais-chains``) and printed with its standard error. Runs
+whose test splits differ (in dimensions or number of images) are refused before any is measured. Fitted
+on the train split and scored on the test split, the Gaussian's bits/dim is pessimistic by about k/(2n)
+nats, k = d + d(d+1)/2 its parameters for d dimensions and n train images, the same for every run on one
+data set. Nothing in RUN_DIR is written.
 """
 
 from __future__ import annotations
@@ -110,9 +112,15 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error(
                     f"{needed} not found: each RUN_DIR must be the run directory of an `ebmflow fit`"
                 )
+    built = [build(run) for run in args.runs]
+    splits = [f"{model.dims} dims x {len(data.split('test')):,} test images" for model, data in built]
+    if len(set(splits)) > 1:
+        parser.error(
+            f"the runs' test splits differ ({', '.join(splits)}): pairing by image needs runs on the same "
+            "data set; give such runs one call each"
+        )
     first = None
-    for run in args.runs:
-        model, data = build(run)
+    for run, (model, data) in zip(args.runs, built, strict=True):
         model = restore(model, run)
         if isinstance(model.prior, DiscretePrior):
             log_z, stderr = model.prior.estimate_log_partition("auto", args.ais_steps, args.ais_chains)

@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from ebmflow.data import DigitsDataModule
 from priors.ais import exact_log_partition
 from scripts.compare_samplers import build, restore
 from scripts.prior_gain import TERMS, codes, gaussian_log_prob, main, terms
@@ -79,3 +80,24 @@ def test_a_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFix
         main([str(tmp_path)])
     assert exit.value.code == 2
     assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} not found" in capsys.readouterr().err
+
+
+def test_runs_on_different_test_splits_are_refused_before_any_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = []
+    for name, fraction in (("a", 0.2), ("b", 0.3)):
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"not read")  # refused before the weights are read
+        data = {**TINY["data"], "init_args": {**TINY["data"]["init_args"], "test_fraction": fraction}}
+        (run / "config.yaml").write_text(yaml.safe_dump({**TINY, "data": data}))
+        runs.append(str(run))
+    with pytest.raises(SystemExit) as exit:
+        main(runs)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    sizes = [len(DigitsDataModule(test_fraction=fraction).split("test")) for fraction in (0.2, 0.3)]
+    assert (
+        f"the runs' test splits differ (64 dims x {sizes[0]} test images, 64 dims x {sizes[1]} test " in error
+    )
