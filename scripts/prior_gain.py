@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ais-chains", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.ais_steps < 1 or args.ais_chains < 1:
+        parser.error(f"--ais-steps and --ais-chains must be >= 1, got {args.ais_steps} and {args.ais_chains}")
     for run in args.runs:
         for needed in (run / "config.yaml", run / CHECKPOINT):
             if not needed.is_file():

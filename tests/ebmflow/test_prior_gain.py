@@ -101,3 +101,13 @@ def test_runs_on_different_test_splits_are_refused_before_any_is_read(
     assert (
         f"the runs' test splits differ (64 dims x {sizes[0]} test images, 64 dims x {sizes[1]} test " in error
     )
+
+
+@pytest.mark.parametrize("option", ["--ais-steps", "--ais-chains"])
+def test_an_empty_ais_schedule_is_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main([str(tmp_path), option, "0"])
+    assert exit.value.code == 2
+    assert "--ais-steps and --ais-chains must be >= 1" in capsys.readouterr().err
