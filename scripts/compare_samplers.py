@@ -71,13 +71,18 @@ def restore(model: EBMFlow, run: Path) -> EBMFlow:
     return model.eval()
 
 
+def check_run(parser: argparse.ArgumentParser, run: Path) -> None:
+    """A one-line ``parser.error`` naming the file that ``run`` lacks to be read as a run directory."""
+    for needed in (run / "config.yaml", run / CHECKPOINT):
+        if not needed.is_file():
+            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
+
+
 def open_rbm_run(parser: argparse.ArgumentParser, run: Path, purpose: str) -> tuple[EBMFlow, ImageDataModule]:
     """The RBM-Flow run in ``run`` with its last checkpoint loaded, and its data; or a one-line
     ``parser.error`` naming the missing file, or the prior the run trained instead (``purpose`` says what
     needed an RBM)."""
-    for needed in (run / "config.yaml", run / CHECKPOINT):
-        if not needed.is_file():
-            parser.error(f"{needed} not found: RUN_DIR must be the run directory of an `ebmflow fit`")
+    check_run(parser, run)
     model, data = build(run)
     if not isinstance(model.prior, RBMPrior):
         parser.error(f"{run} trained a {type(model.prior).__name__}: {purpose} (priors.RBMPrior)")

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from ebmflow.data import ImageDataModule
 from ebmflow.module import EBMFlow
 from priors import DiscretePrior
-from scripts.compare_samplers import BATCH, CHECKPOINT, build, restore
+from scripts.compare_samplers import BATCH, build, check_run, restore
 
 TERMS = ("total", "prior", "flow", "Gaussian", "flow + Gaussian", "gain")
 
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.ais_steps < 1 or args.ais_chains < 1:
         parser.error(f"--ais-steps and --ais-chains must be >= 1, got {args.ais_steps} and {args.ais_chains}")
     for run in args.runs:
-        for needed in (run / "config.yaml", run / CHECKPOINT):
-            if not needed.is_file():
-                parser.error(
-                    f"{needed} not found: each RUN_DIR must be the run directory of an `ebmflow fit`"
-                )
+        check_run(parser, run)
     built = [build(run) for run in args.runs]
     splits = [f"{model.dims} dims x {len(data.split('test')):,} test images" for model, data in built]
     if len(set(splits)) > 1:
