@@ -52,7 +52,11 @@ def test_the_terms_add_up_to_the_models_own_bits_per_dim(tmp_path: Path) -> None
     torch.testing.assert_close(
         values["total"], values["flow + Gaussian"] - values["gain"], rtol=0, atol=1e-12
     )
-    # the noise of the train split's codes differs from the test split's (seed + 1)
+    # the Gaussian is fitted to the train split's codes (noise from seed + 1) and scores the test split's
+    train = codes(model, data, "train", seed=4)
+    torch.testing.assert_close(values["Gaussian"], -gaussian_log_prob(train.z, test.z) / bits, rtol=0, atol=0)
+    assert len(train.z) == len(data.split("train")) != len(test.z)
+    # the noise follows the seed, so the two splits' codes are not drawn with the same noise
     assert not torch.equal(codes(model, data, "test", seed=4).z, test.z)
 
 
